@@ -1,0 +1,1 @@
+"""Datasets in verl's parquet format, built offline from files carried in the tree."""

@@ -1,0 +1,1 @@
+"""Small models made offline: a trained BPE tokenizer and randomly initialised HF checkpoints."""
