@@ -1,14 +1,18 @@
 """``sglang.srt.plugins`` entry point: registers er_verl's hooks with SGLang's HookRegistry.
 
 SGLang calls :func:`register` (zero arguments) from ``load_plugins()`` in every process it starts,
-then applies the hooks. Hook failures are only logged by SGLang, so :func:`assert_applied` lets a
-caller check that a hook reached its target.
+then applies the hooks. Installing er_verl must not change plain SGLang (verl's ``sglang`` backend, or
+any other SGLang user), so hooks are registered only in processes of an efficient_sglang server: its
+server actor sets ``ER_VERL_ENGINE=1`` in its own environment, which SGLang's schedulers inherit.
+Hook failures are only logged by SGLang, so :func:`assert_applied` checks that each reached its target.
 """
 
 import logging
+import os
 
 logger = logging.getLogger(__name__)
 
+ENGINE_ENV = "ER_VERL_ENGINE"
 UPDATER = "sglang.srt.managers.scheduler_components.weight_updater.SchedulerWeightUpdaterManager"
 WEIGHT_PATHS = {
     "update_weights_from_tensor": "tensor",
@@ -36,8 +40,15 @@ def _after_weight_change(source: str):
     return hook
 
 
+def enabled() -> bool:
+    """True in the processes of an efficient_sglang server (``ER_VERL_ENGINE=1``)."""
+    return os.environ.get(ENGINE_ENV) == "1"
+
+
 def register() -> None:
-    """Register the AFTER hooks on every path that changes target weights."""
+    """Register the AFTER hooks on every path that changes target weights (efficient_sglang only)."""
+    if not enabled():
+        return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     for method, source in WEIGHT_PATHS.items():
@@ -52,3 +63,20 @@ def assert_applied() -> None:
         target = f"{UPDATER}.{method}"
         if target not in HookRegistry._patched:
             raise RuntimeError(f"er_verl hook on {target} was not applied (see SGLang's plugin log).")
+
+
+def enable_in_this_process() -> None:
+    """Turn er_verl's hooks on here and in the SGLang processes this one starts, then check them.
+
+    Called by the efficient_sglang server actor before verl builds ``ServerArgs``. SGLang loads plugins
+    once per process; if that already happened (without the flag), the hooks are registered now.
+    """
+    import sglang.srt.plugins
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    os.environ[ENGINE_ENV] = "1"
+    sglang.srt.plugins.load_plugins()
+    if any(f"{UPDATER}.{m}" not in HookRegistry._patched for m in WEIGHT_PATHS):
+        register()
+        HookRegistry.apply_hooks()
+    assert_applied()

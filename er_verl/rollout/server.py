@@ -37,6 +37,9 @@ class EfficientSGLangHttpServer(SGLangHttpServer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         check_supported(self.config, self.lora_as_adapter)
+        self._init_efficient_state()
+
+    def _init_efficient_state(self) -> None:
         self.efficient = efficient_config_from_rollout(self.config)
         self.speculating = False  # no self-speculative worker in this build: plain SGLang decoding
         self.num_weight_syncs = 0
@@ -45,9 +48,10 @@ class EfficientSGLangHttpServer(SGLangHttpServer):
         self._groups_since_sync: dict[str, int] = {}  # group key → requests, for the sync log line
 
     async def launch_server(self, master_address: Optional[str] = None, master_port: Optional[int] = None):
-        import sglang.srt.plugins
+        from er_verl.engine.plugin import enable_in_this_process
 
-        sglang.srt.plugins.load_plugins()  # verl builds ServerArgs before SGLang would load them
+        # This actor's own environment (inherited by its SGLang schedulers), before verl builds ServerArgs.
+        enable_in_this_process()
         if self.efficient.speculate:
             logger.warning("er_verl: this build has no self-speculative worker yet; decoding plainly.")
         print(f"er_verl[server]: launching efficient_sglang with {self.efficient}", flush=True)

@@ -1,0 +1,249 @@
+"""Roofline step-time model for plain decode, draft and verify steps, fitted online.
+
+The roofline (the paper's component model) for a step that reads `bytes` of weights and runs
+`flops = f·n` over n tokens is
+
+    t(B, n) = max(bytes/BW, f·n/F) + c0 + c1·B + c2·n.
+
+Since max(m, s·n) = m + s·max(0, n − m/s), the same model is, exactly,
+
+    t(B, n) = fixed_s + per_seq_s·B + per_token_s·n + compute_per_token_s·max(0, n − knee)
+
+with fixed_s = c0 + bytes/BW, compute_per_token_s = f/F and knee = knee_tokens = (bytes/BW)/(f/F),
+the ridge point. For a fixed knee this is linear in the other four parameters, so the fit is a
+weighted least squares for each knee on a log grid (then a finer grid around the best one): a
+one-dimensional profile search, well-posed and cheap. Residuals are relative, (t − t̂)/t, and a
+small ridge term pulls each parameter toward the prior, so columns the data cannot see (all
+batches below the knee, or per_token_s for decode steps where n = B) keep their prior values.
+With no samples the model is the prior; one sample moves it only a little.
+
+Step kinds and their token counts: TARGET (plain decode, n = B), DRAFT (one drafter decode step,
+n = B, weight bytes ρ·W), VERIFY (the target over K + 1 positions per request, n = Σ(K_i + 1)).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["StepKind", "StepParams", "Hardware", "ModelShape", "roofline_prior",
+           "fit_step_params", "CostModel"]
+
+
+class StepKind(str, enum.Enum):
+    TARGET = "target"
+    DRAFT = "draft"
+    VERIFY = "verify"
+
+
+@dataclass(frozen=True)
+class StepParams:
+    """t(B, n) = fixed_s + per_seq_s·B + per_token_s·n + compute_per_token_s·max(0, n − knee)."""
+
+    fixed_s: float
+    per_seq_s: float
+    per_token_s: float
+    compute_per_token_s: float
+    knee_tokens: float
+
+    def predict(self, batch_size: float | np.ndarray, num_tokens: float | np.ndarray):
+        """Seconds for one step over `batch_size` requests and `num_tokens` tokens."""
+        over = np.maximum(0.0, np.asarray(num_tokens, dtype=np.float64) - self.knee_tokens)
+        t = (self.fixed_s + self.per_seq_s * np.asarray(batch_size, dtype=np.float64)
+             + self.per_token_s * np.asarray(num_tokens, dtype=np.float64)
+             + self.compute_per_token_s * over)
+        return float(t) if np.ndim(t) == 0 else t
+
+    def linear(self) -> np.ndarray:
+        return np.array([self.fixed_s, self.per_seq_s, self.per_token_s, self.compute_per_token_s])
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Effective device rates. Defaults: one H200 (a large copy reaches ~4.3 TB/s; bf16 dense)."""
+
+    bandwidth_bytes_per_s: float = 4.3e12
+    flops_per_s: float = 790e12
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the prior needs to know about the target and its drafter."""
+
+    num_params: float                  # target parameters (8e9 for an 8B model)
+    bytes_per_param: float = 2.0       # bf16 target weights
+    draft_bytes_ratio: float = 0.28    # ρ: drafter weight bytes / target weight bytes (W4A16)
+    overhead_s: float = 1.5e-3         # c0 of a target step: scheduling, launch, sampling
+    per_seq_s: float = 6e-5            # c1 of a target step: per-request KV reads, bookkeeping
+    per_token_s: float = 1e-5          # c2: per-token cost beyond the roofline (verify only)
+    draft_overhead_s: float = 5e-4     # c0 of one graph-replayed draft step (no scheduler pass)
+    draft_per_seq_s: float = 3e-5      # c1 of a draft step (shared-KV reads)
+
+
+def roofline_prior(shape: ModelShape, hw: Hardware = Hardware()) -> dict[StepKind, StepParams]:
+    """Step parameters from the model size and device rates, used until samples arrive."""
+    if shape.num_params <= 0 or not 0 < shape.draft_bytes_ratio <= 1:
+        raise ValueError(f"num_params must be > 0 and draft_bytes_ratio in (0, 1], got {shape}.")
+    if hw.bandwidth_bytes_per_s <= 0 or hw.flops_per_s <= 0:
+        raise ValueError(f"bandwidth and flops must be > 0, got {hw}.")
+    mem_s = shape.num_params * shape.bytes_per_param / hw.bandwidth_bytes_per_s
+    compute = 2.0 * shape.num_params / hw.flops_per_s       # seconds per token above the knee
+
+    def params(bytes_ratio: float, c0: float, c1: float, c2: float) -> StepParams:
+        m = bytes_ratio * mem_s
+        return StepParams(c0 + m, c1, c2, compute, m / compute)
+
+    s = shape
+    return {StepKind.TARGET: params(1.0, s.overhead_s, s.per_seq_s, 0.0),
+            StepKind.DRAFT: params(s.draft_bytes_ratio, s.draft_overhead_s, s.draft_per_seq_s, 0.0),
+            StepKind.VERIFY: params(1.0, s.overhead_s, s.per_seq_s, s.per_token_s)}
+
+
+def _solve(b, n, t, y, knee, prior: StepParams, free: np.ndarray, weight: float):
+    """Ridge-to-prior least squares y ≈ x·θ (rows scaled by 1/t) at a fixed knee → (θ, loss)."""
+    x = np.stack([np.ones_like(b), b, n, np.maximum(0.0, n - knee)], axis=1)[:, free] / t[:, None]
+    theta0 = prior.linear()[free]
+    ref = np.array([1.0, 64.0, 64.0, 64.0])[free]       # feature size where a rate matters
+    scale = np.maximum(np.abs(theta0), 0.01 * prior.fixed_s / ref)
+    lhs = np.vstack([x, np.sqrt(weight) * np.diag(1.0 / scale)])
+    rhs = np.concatenate([y / t, np.sqrt(weight) * theta0 / scale])
+    theta, *_ = np.linalg.lstsq(lhs, rhs, rcond=None)
+    knee_pen = weight * (np.log(knee / prior.knee_tokens) / np.log(4.0)) ** 2
+    return theta, float(np.sum((lhs @ theta - rhs) ** 2)) + knee_pen
+
+
+def fit_step_params(batch_sizes: Sequence[float], num_tokens: Sequence[float],
+                    seconds: Sequence[float], prior: StepParams, *,
+                    fit_per_token: bool = True, prior_weight: float = 1e-3) -> StepParams:
+    """Profile least squares: for each knee on a log grid solve the linear fit, keep the best.
+
+    Minimises Σ((t − t̂)/t)² + w·Σ((θ − θ_prior)/scale)² + w·(log₄(knee/knee_prior))², with
+    w = `prior_weight` (a 100 % move of one parameter costs about one sample's squared 3 % error).
+    `fit_per_token=False` holds per_token_s at the prior (decode kinds, where n = B makes it
+    collinear with per_seq_s). Negative fitted rates are clipped to 0.
+    """
+    b, n, t = (np.asarray(v, dtype=np.float64) for v in (batch_sizes, num_tokens, seconds))
+    if len(t) == 0:
+        return prior
+    if np.any(t <= 0) or np.any(b < 1) or np.any(n < b):
+        raise ValueError("seconds must be > 0, batch_sizes >= 1 and num_tokens >= batch_sizes.")
+    free = np.array([True, True, fit_per_token, True])
+    y = t - (0.0 if fit_per_token else prior.per_token_s * n)
+
+    def loss(knee: float) -> float:
+        return _solve(b, n, t, y, knee, prior, free, prior_weight)[1]
+
+    best = min(prior.knee_tokens * np.geomspace(1 / 16, 16, 65), key=loss)
+    best = min(best * np.geomspace(1 / 1.1, 1.1, 41), key=loss)
+    theta, _ = _solve(b, n, t, y, best, prior, free, prior_weight)
+    linear = prior.linear()
+    linear[free] = np.maximum(theta, 0.0)
+    return StepParams(*linear.tolist(), knee_tokens=float(best))
+
+
+class CostModel:
+    """Per-kind step-time model: prior until samples arrive, refitted every `refit_every` samples.
+
+    Samples are (kind, batch_size, seconds, k): one TARGET step, ONE draft step (divide a K-step
+    drafting time by K), or one VERIFY pass with draft length k. The newest `window` samples per
+    kind are kept, so the fit follows drift.
+    """
+
+    def __init__(self, prior: Mapping[StepKind, StepParams], *, window: int = 2048,
+                 refit_every: int = 32, prior_weight: float = 1e-3) -> None:
+        if window < 1 or refit_every < 1 or prior_weight <= 0:
+            raise ValueError(f"window and refit_every must be >= 1 and prior_weight > 0, got "
+                             f"{window}, {refit_every}, {prior_weight}.")
+        self.prior = {StepKind(k): v for k, v in prior.items()}
+        if set(self.prior) != set(StepKind):
+            raise ValueError(f"prior must have one StepParams for each kind "
+                             f"{[k.value for k in StepKind]}, got {list(prior)}.")
+        self._fitted = dict(self.prior)
+        self._samples = {k: deque(maxlen=window) for k in StepKind}
+        self._pending = {k: 0 for k in StepKind}
+        self.refit_every, self.prior_weight = refit_every, prior_weight
+
+    @classmethod
+    def from_roofline(cls, shape: ModelShape, hw: Hardware = Hardware(), **kwargs) -> CostModel:
+        return cls(roofline_prior(shape, hw), **kwargs)
+
+    def observe(self, kind: StepKind | str, batch_size: int, seconds: float, k: int = 0) -> None:
+        """Record one measured step (cheap; the fit runs lazily on the next `params` call)."""
+        kind = StepKind(kind)
+        if batch_size < 1 or k < 0 or not seconds > 0:
+            raise ValueError(f"batch_size must be >= 1, k >= 0 and seconds > 0, got "
+                             f"{batch_size}, {k}, {seconds}.")
+        tokens = batch_size * (k + 1) if kind is StepKind.VERIFY else batch_size
+        self._samples[kind].append((float(batch_size), float(tokens), float(seconds)))
+        self._pending[kind] += 1
+
+    def num_samples(self, kind: StepKind | str) -> int:
+        return len(self._samples[StepKind(kind)])
+
+    def fit(self, kind: StepKind | str | None = None) -> None:
+        """Refit one kind (or all) from its stored samples now."""
+        for k in [StepKind(kind)] if kind is not None else list(StepKind):
+            cols = list(zip(*self._samples[k])) or [[], [], []]
+            self._fitted[k] = fit_step_params(*cols, prior=self.prior[k],
+                                              fit_per_token=k is StepKind.VERIFY,
+                                              prior_weight=self.prior_weight)
+            self._pending[k] = 0
+
+    def params(self, kind: StepKind | str) -> StepParams:
+        kind = StepKind(kind)
+        pending, stored = self._pending[kind], len(self._samples[kind])
+        if pending >= self.refit_every or (pending and stored < self.refit_every):
+            self.fit(kind)
+        return self._fitted[kind]
+
+    def t_ar(self, batch_size: int) -> float:
+        """Seconds for one plain target decode step at batch B."""
+        return self.params(StepKind.TARGET).predict(batch_size, batch_size)
+
+    def t_draft(self, batch_size: int) -> float:
+        """Seconds for one drafter decode step at batch B."""
+        return self.params(StepKind.DRAFT).predict(batch_size, batch_size)
+
+    def t_verify(self, batch_size: int, k: int) -> float:
+        """Seconds for one verify pass over B·(K + 1) tokens."""
+        return self.params(StepKind.VERIFY).predict(batch_size, batch_size * (k + 1))
+
+    def round_seconds(self, ks: Sequence[int]) -> float:
+        """One round for a batch with per-request draft lengths K_i (ragged verify):
+
+        Σ_{j=1..max K} t_draft(#{i: K_i >= j}) + t_verify over Σ(K_i + 1) tokens;
+        all K_i = 0 → t_ar(B). Draft step j runs only the requests with K_i >= j.
+        """
+        ks = np.asarray(ks, dtype=np.int64)
+        if ks.size == 0 or np.any(ks < 0):
+            raise ValueError(f"ks must be a non-empty list of draft lengths >= 0, "
+                             f"got {ks.tolist()}.")
+        if not ks.any():
+            return self.t_ar(ks.size)
+        drafts = sum(self.t_draft(int(np.sum(ks >= j))) for j in range(1, int(ks.max()) + 1))
+        return drafts + self.params(StepKind.VERIFY).predict(ks.size, int(np.sum(ks + 1)))
+
+    def to_dict(self) -> dict:
+        return {"format": "er_verl.cost_model/1",
+                "params": {k.value: asdict(self.params(k)) for k in StepKind}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping, **kwargs) -> CostModel:
+        """A model whose prior is a saved calibration (samples then refine it as usual)."""
+        if data.get("format") != "er_verl.cost_model/1":
+            raise ValueError(f"calibration format must be 'er_verl.cost_model/1', "
+                             f"got {data.get('format')!r}.")
+        return cls({StepKind(k): StepParams(**v) for k, v in data["params"].items()}, **kwargs)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs) -> CostModel:
+        return cls.from_dict(json.loads(Path(path).read_text()), **kwargs)

@@ -1,0 +1,148 @@
+"""The GRPO uid travels: real agent loop → server generate → the SGLang GenerateReqInput."""
+
+import asyncio
+import os
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("verl")
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import verl  # noqa: E402
+from er_verl.rollout.agent_loop import AGENT_LOOP_NAME, GROUP_KEY, with_group  # noqa: E402
+
+CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+
+
+class FakeTokenizerManager:
+    """Stands in for SGLang's TokenizerManager: records requests, answers with spec meta_info."""
+
+    def __init__(self):
+        self.requests = []
+
+    def generate_request(self, obj, request=None):
+        self.requests.append(obj)
+
+        async def stream():
+            yield {
+                "output_ids": [7, 8, 9],
+                "meta_info": {
+                    "finish_reason": {"type": "stop"},
+                    "output_token_logprobs": [(-0.5, 7, None), (-0.25, 8, None), (-1.0, 9, None)],
+                    "spec_verify_ct": 2, "spec_num_correct_drafts": 1, "spec_num_proposed_drafts": 6,
+                },
+            }
+
+        return stream()
+
+
+def make_server(config, speculating=True):
+    from er_verl.rollout.server import EfficientSGLangHttpServer
+
+    class Server(EfficientSGLangHttpServer):
+        lora_as_adapter = False
+
+    server = Server.__new__(Server)  # no SGLang launch: the generate path only
+    server.config, server.replica_rank, server.global_steps = config, 0, 3
+    server._disaggregation_role, server._pd_decode_peers = "null", []
+    server._init_efficient_state()
+    server.speculating = speculating
+    server.tokenizer_manager = FakeTokenizerManager()
+    server._keep_meta_info()
+    return server
+
+
+class ServerManager:
+    """What LLMServerClient does for one replica: forward generate kwargs to the server."""
+
+    def __init__(self, server):
+        self.server = server
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, image_data=None, video_data=None, **_):
+        return await self.server.generate(prompt_ids, sampling_params, request_id, image_data=image_data, video_data=video_data)
+
+
+def trainer_config(agent_loop):
+    from verl.utils.config import omega_conf_to_dataclass
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose("ppo_trainer", overrides=[
+            "actor_rollout_ref.rollout.name=efficient_sglang",
+            f"actor_rollout_ref.rollout.agent.default_agent_loop={agent_loop}",
+            "actor_rollout_ref.rollout.prompt_length=64", "actor_rollout_ref.rollout.response_length=16",
+        ])
+    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    rollout.max_model_len = 128
+    return cfg, rollout
+
+
+def run_loop(agent_loop, tokenizer_dir, samples, speculating=True):
+    import hydra
+    from transformers import AutoTokenizer
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, _agent_loop_registry
+
+    cfg, rollout = trainer_config(agent_loop)
+    server = make_server(rollout, speculating)
+    shared_params = {"temperature": 1.0, "top_p": 1.0, "logprobs": True}
+
+    async def go():  # the agent loop binds the running event loop when it is built
+        loop = hydra.utils.instantiate(
+            _agent_loop_registry[agent_loop], trainer_config=DictConfigWrap(cfg), server_manager=ServerManager(server),
+            tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir), processor=None, dataset_cls=None,
+            data_config=DictConfigWrap(cfg.data),
+        )
+        return [await loop.run(shared_params, **s) for s in samples]
+
+    outputs = asyncio.run(go())
+    assert shared_params == {"temperature": 1.0, "top_p": 1.0, "logprobs": True}  # never mutated
+    return server, outputs
+
+
+def sample(uid, text="What is 6 * 7?"):
+    return {"raw_prompt": [{"role": "user", "content": text}], "uid": uid, "index": 0}
+
+
+def test_uid_reaches_the_sglang_request(tiny_tokenizer_dir):
+    server, outputs = run_loop(AGENT_LOOP_NAME, tiny_tokenizer_dir, [sample("g-1"), sample("g-1"), sample("g-2")])
+    groups = [req.sampling_params["custom_params"][GROUP_KEY] for req in server.tokenizer_manager.requests]
+    assert groups == ["g-1", "g-1", "g-2"]
+    assert [o.response_ids for o in outputs] == [[7, 8, 9]] * 3
+    assert server._groups_since_sync == {"g-1": 2, "g-2": 1}
+
+
+def test_stock_loop_falls_back_to_prompt_hash(tiny_tokenizer_dir):
+    samples = [sample("g-1"), sample("g-1"), sample("g-2", text="Another question?")]
+    server, _ = run_loop("single_turn_agent", tiny_tokenizer_dir, samples)
+    groups = [req.sampling_params["custom_params"][GROUP_KEY] for req in server.tokenizer_manager.requests]
+    assert groups[0] == groups[1] != groups[2]
+    assert all(g.startswith("prompt:") for g in groups)
+    assert server._warned_no_uid
+
+
+def test_spec_metrics_reach_extra_fields_under_verl_names(tiny_tokenizer_dir):
+    server, _ = make_and_generate(tiny_tokenizer_dir, speculating=True)
+    assert server["extra"]["spec_num_draft_tokens"] == 6
+    assert server["extra"]["spec_num_accepted_tokens"] == 1
+    assert server["extra"]["spec_num_verify_steps"] == 2
+    assert server["extra"]["global_steps"] == 3
+    plain, _ = make_and_generate(tiny_tokenizer_dir, speculating=False)
+    assert not any(k.startswith("spec_") for k in plain["extra"])
+
+
+def make_and_generate(tokenizer_dir, speculating):
+    _, rollout = trainer_config(AGENT_LOOP_NAME)
+    server = make_server(rollout, speculating)
+    params = with_group({"temperature": 1.0, "logprobs": True}, "g")
+    out = asyncio.run(server.generate([1, 2, 3], params, "rid-1"))
+    assert server._meta_by_rid == {}  # kept meta_info is consumed, not leaked
+    assert out.log_probs == [-0.5, -0.25, -1.0]
+    return {"extra": out.extra_fields}, out
+
+
+def test_with_group_copies():
+    params = {"custom_params": {"x": 1}}
+    tagged = with_group(params, 12)
+    assert tagged["custom_params"] == {"x": 1, GROUP_KEY: "12"} and params == {"custom_params": {"x": 1}}
+    assert with_group(params, None) == params
