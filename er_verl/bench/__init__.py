@@ -1,0 +1,1 @@
+"""Benchmarks: ``er-verl bench ...`` and GPU-host scripts. Each writes JSON with GPU, versions, command, date."""
