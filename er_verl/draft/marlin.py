@@ -9,8 +9,9 @@ TP shard with K inputs, N outputs and G = 128:
 * ``qzeros``  int32 [K/G, N/8]: `awq_to_marlin_zero_points(pack_awq(z), K/G, N, 4)`
   (= `marlin_zero_points(z, K/G, N, 4)`, which skips the pack/unpack round trip)
 
-`requantize_linear_` writes exactly these with ``.copy_()``, so buffer addresses (and captured CUDA
-graphs) stay valid. It allocates temporaries, so call it outside graph capture. sglang is imported
+`requantize_linear_` writes exactly these in place (``.copy_()``; for a CUDA weight, `fused.py`'s
+one-pass Triton kernel and the repack write straight into them), so buffer addresses (and captured
+CUDA graphs) stay valid. It allocates temporaries, so call it outside graph capture. sglang is imported
 lazily: this module imports on a CPU-only machine.
 """
 
@@ -28,6 +29,7 @@ from er_verl.draft.quantize import (
 )
 
 MARLIN_BUFFERS = ("qweight", "scales", "qzeros")
+USE_FUSED_REQUANT = True  # requantize_linear_ of a CUDA weight through fused.py's Triton kernel
 
 
 def marlin_buffers(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -62,12 +64,20 @@ def requantize_linear_(
 ) -> None:
     """RTN int4 of `w` (see `quantize.rtn_int4`) written in place into the layer's Marlin buffers.
 
-    No host sync. The first call JIT-compiles `awq_marlin_repack` (pitfall 16): warm it before
-    graph capture. Raises ValueError if the layer is not a processed AWQ-Marlin layer of w's shape.
+    No host sync. The first call JIT-compiles `awq_marlin_repack` (pitfall 16) and, for a CUDA `w`,
+    the Triton kernel of `fused.py`: warm it before graph capture. A CUDA `w` (fp32/bf16/fp16) takes
+    the one-pass fused path (`fused.requantize_marlin_`, bit-identical, USE_FUSED_REQUANT = False
+    turns it off); otherwise the eager torch path below, the reference. Raises ValueError if the
+    layer is not a processed AWQ-Marlin layer of w's shape.
     """
     from sglang.jit_kernel.awq_marlin_repack import awq_marlin_repack
 
     k, n = _check_layer(layer, w, group_size)
+    if USE_FUSED_REQUANT and w.is_cuda and w.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        from er_verl.draft.fused import requantize_marlin_
+
+        requantize_marlin_(layer.qweight, layer.scales, layer.qzeros, w, group_size)
+        return
     q, s, z = rtn_int4(w, group_size, scale_dtype=layer.scales.dtype)
     layer.qweight.copy_(awq_marlin_repack(pack_awq(q), size_k=k, size_n=n, num_bits=4))
     layer.scales.copy_(marlin_permute_scales(s, k, n, group_size))
