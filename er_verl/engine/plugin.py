@@ -46,21 +46,32 @@ def enabled() -> bool:
 
 
 def register() -> None:
-    """Register the AFTER hooks on every path that changes target weights (efficient_sglang only)."""
+    """Register er_verl's hooks (efficient_sglang only): AFTER hooks on every path that changes target
+    weights, and the self-drafter's worker classes, draft loader and shared KV pool (engine/worker.py)."""
     if not enabled():
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    from er_verl.engine.worker import HOOKS
+
     for method, source in WEIGHT_PATHS.items():
         HookRegistry.register(f"{UPDATER}.{method}", _after_weight_change(source), HookType.AFTER)
+    for target, hook, hook_type in HOOKS:
+        HookRegistry.register(target, hook, HookType[hook_type])
+
+
+def hook_targets() -> list[str]:
+    """Every target er_verl hooks (imports er_verl.engine.worker, hence sglang)."""
+    from er_verl.engine.worker import HOOKS
+
+    return [f"{UPDATER}.{method}" for method in WEIGHT_PATHS] + [target for target, _, _ in HOOKS]
 
 
 def assert_applied() -> None:
     """Raise RuntimeError naming the first er_verl hook that SGLang did not apply."""
     from sglang.srt.plugins.hook_registry import HookRegistry
 
-    for method in WEIGHT_PATHS:
-        target = f"{UPDATER}.{method}"
+    for target in hook_targets():
         if target not in HookRegistry._patched:
             raise RuntimeError(f"er_verl hook on {target} was not applied (see SGLang's plugin log).")
 
@@ -76,7 +87,7 @@ def enable_in_this_process() -> None:
 
     os.environ[ENGINE_ENV] = "1"
     sglang.srt.plugins.load_plugins()
-    if any(f"{UPDATER}.{m}" not in HookRegistry._patched for m in WEIGHT_PATHS):
+    if any(target not in HookRegistry._patched for target in hook_targets()):
         register()
         HookRegistry.apply_hooks()
     assert_applied()

@@ -10,6 +10,12 @@ import os
 from typing import Iterable
 
 SHAPES = {
+    # Engine tests: hidden 256, 2 layers, 4/2 heads of 64, MLP 512, tied embeddings (the case where
+    # SGLang's set_embed_and_head fails). Every Linear is AWQ-Marlin-shaped (N % 64 == 0, K % 128 == 0).
+    "tiny": dict(
+        model_type="qwen2", hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=512, tie_word_embeddings=True, rope_theta=1e6,
+    ),
     # Qwen2.5-0.5B: hidden 896, 24 layers, 14/2 heads, MLP 4864, tied embeddings.
     "qwen2.5-0.5b": dict(
         model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,

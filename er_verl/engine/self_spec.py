@@ -1,0 +1,77 @@
+"""SelfSpecMixin: where the self-draft worker departs from stock STANDALONE, written without sglang.
+
+Mixed in before ``StandaloneWorkerV2`` (``worker.py``), so these methods win in the MRO:
+
+* Weight updates go to the target only (verl never learns the drafter exists). SGLang's
+  ``SchedulerWeightUpdaterManager`` sends ``update_weights_from_tensor`` to the draft worker *instead*
+  of the target when one exists (stock STANDALONE then loads the tensors into both, and crashes on
+  its missing ``tp_rank``, pitfall 1); here it is forwarded to the target. ``_from_disk`` and
+  ``_from_ipc`` reach the draft worker *after* the target was updated, so there is nothing left to
+  do (stock reloads a full-precision draft from the target's path, pitfall 2). ``_from_distributed``
+  never reaches a draft worker in SGLang; it is forwarded to the target should anything call it.
+  The drafter learns of every change through ``weight_sync.EVENTS`` (the plugin's AFTER hooks on all
+  five updater paths, ``resume_memory_occupation`` included) and is marked dirty.
+* Lazy requant: before each decode step (where issue 4 will speculate) the drafter is refreshed if
+  dirty, once for however many updates arrived. A failed requant leaves ``drafter.ready`` False.
+
+Kept free of sglang so the tests can run it against fakes on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+TARGET_ONLY = (True, "er_verl: target weights updated; the self-drafter is requantized from them lazily.")
+
+
+@dataclass
+class DecodeStats:
+    """Decode steps run, and how many of them replayed a CUDA graph (a K=0 step should, up to max bs)."""
+
+    decode_steps: int = 0
+    graph_steps: int = 0
+
+    def count(self, result: Any) -> None:
+        self.decode_steps += 1
+        self.graph_steps += bool(getattr(result, "can_run_cuda_graph", False))
+
+
+class SelfSpecMixin:
+    """Needs ``self.target_worker`` (a TpModelWorker), ``self._draft_worker.drafter`` (a SelfDrafter) and
+    ``self.decode_stats`` (a DecodeStats)."""
+
+    @property
+    def drafter(self):
+        return self._draft_worker.drafter
+
+    @property
+    def speculation_ready(self) -> bool:
+        """True when the drafter's weights are a good requant of the current target weights."""
+        return self.drafter.ready and not self.drafter.is_dirty
+
+    def refresh_drafter(self) -> bool:
+        """Requantize the drafter now if a weight change is pending; returns ``speculation_ready``."""
+        self.drafter.refresh(self.target_worker.model_runner.model)
+        return self.speculation_ready
+
+    def forward_batch_generation(self, batch: Any, on_publish=None):
+        decode = not (batch.forward_mode.is_extend() or batch.is_extend_in_batch)
+        if decode:
+            self.refresh_drafter()
+        result = super().forward_batch_generation(batch, on_publish)
+        if decode:
+            self.decode_stats.count(result)
+        return result
+
+    def update_weights_from_tensor(self, recv_req: Any):
+        return self.target_worker.update_weights_from_tensor(recv_req)
+
+    def update_weights_from_distributed(self, recv_req: Any):
+        return self.target_worker.update_weights_from_distributed(recv_req)
+
+    def update_weights_from_disk(self, recv_req: Any):
+        return TARGET_ONLY
+
+    def update_weights_from_ipc(self, recv_req: Any):
+        return TARGET_ONLY

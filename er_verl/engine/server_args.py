@@ -1,0 +1,92 @@
+"""The SGLang ServerArgs (as plain kwargs) and environment that turn on er_verl's self-drafter.
+
+No sglang import: the efficient_sglang server merges these into the args dict verl turns into
+``ServerArgs`` (and the environment its SGLang processes inherit), and the tests check them on the CPU.
+
+What each setting does, and why (sglang-0.5.14-seams.md):
+
+* ``speculative_algorithm="STANDALONE"`` with **no** ``speculative_draft_model_path``: the draft is
+  built from the target's config; without a draft path SGLang does not scale the per-token KV cost by
+  ``1 + L_draft/L_target`` (``pool_configurator.py``), and the drafter shares the target's KV pool
+  anyway, so token capacity equals plain SGLang's (§a4).
+* ``speculative_draft_model_quantization``: ``awq_marlin`` (int4 drafter) or ``fp8``; er_verl's draft
+  loader reads it to choose the drafter kind (no quantized checkpoint exists or is read).
+* ``speculative_num_steps=Kmax``, ``speculative_eagle_topk=1``, ``speculative_num_draft_tokens=Kmax+1``:
+  SGLang sizes KV over-allocation per decode step from these at launch (``max_speculative_num_draft_tokens``
+  is cached), so starting at Kmax needs no patch for any K ≤ Kmax later.
+* ``enable_draft_weights_cpu_backup=False``: the drafter's buffers are requantized after a resume,
+  never restored from a CPU copy (pitfall 3).
+* ``attention_backend="flashinfer"``: the backend the verify and shared-KV draft path are built on.
+* ``max_running_requests``: SGLang resets it to 48 for STANDALONE when unset; pass the rollout's own.
+
+Environment (:func:`self_draft_env`): a 2 GiB FlashInfer workspace (the stock size overflowed when
+verify graphs were captured for large batches, measurements.md; pitfall 5) and the overlap plan stream
+off (FlashInfer lacks ``update_verify_buffers_to_fill_after_draft``, pitfall 19). Caveat, read in
+``flashinfer_backend.py:345-355``: SGLang *sets* the workspace size to 512 MB whenever the architecture
+is Qwen2/Qwen3 (overriding this variable), so for those models the variable has no effect; each extra
+runtime state (K) allocates one more workspace of that size outside the KV profile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+from er_verl.config import EfficientConfig
+
+DRAFT_QUANTIZATION = {"int4": "awq_marlin", "fp8": "fp8"}
+SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
+FLASHINFER_WORKSPACE_BYTES = 2 << 30
+
+
+def model_architecture(model_path: str) -> Optional[str]:
+    """``architectures[0]`` from a local ``config.json``, or None (hub ids are checked at load time)."""
+    path = os.path.join(model_path, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        archs = json.load(f).get("architectures") or [None]
+    return archs[0]
+
+
+def check_self_draft_model(model_path: str) -> None:
+    """Raise ValueError unless the model is a dense architecture the self-drafter supports.
+
+    MoE and MTP-capable models are built by SGLang as an MTP head when loaded as a draft (pitfall 17).
+    """
+    arch = model_architecture(model_path)
+    if arch is not None and arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"the self-drafter does not support {arch} ({model_path}): supported are "
+            f"{list(SUPPORTED_ARCHITECTURES)}; set actor_rollout_ref.rollout.custom.efficient.speculate=False "
+            "to decode plainly."
+        )
+
+
+def self_draft_server_args(
+    cfg: EfficientConfig, model_path: str, max_running_requests: Optional[int] = None
+) -> dict[str, Any]:
+    """Extra ServerArgs kwargs that turn on the self-drafter for ``model_path`` (module docstring)."""
+    check_self_draft_model(model_path)
+    args: dict[str, Any] = {
+        "speculative_algorithm": "STANDALONE",
+        "speculative_draft_model_path": None,
+        "speculative_draft_model_quantization": DRAFT_QUANTIZATION[cfg.drafter],
+        "speculative_num_steps": cfg.max_draft_len,
+        "speculative_eagle_topk": 1,
+        "speculative_num_draft_tokens": cfg.max_draft_len + 1,
+        "enable_draft_weights_cpu_backup": False,
+        "attention_backend": "flashinfer",
+    }
+    if max_running_requests is not None:
+        args["max_running_requests"] = max_running_requests
+    return args
+
+
+def self_draft_env() -> dict[str, str]:
+    """Environment for the SGLang processes of a self-draft server (set before they start)."""
+    return {
+        "SGLANG_FLASHINFER_WORKSPACE_SIZE": str(FLASHINFER_WORKSPACE_BYTES),
+        "SGLANG_ENABLE_OVERLAP_PLAN_STREAM": "0",
+    }

@@ -1,0 +1,162 @@
+"""The classes SGLang instantiates for STANDALONE speculation once er_verl's plugin hooks are applied.
+
+``SpeculativeAlgorithm.create_worker`` returns ``StandaloneWorkerV2`` for STANDALONE, and that class
+builds ``StandaloneDraftWorker`` by its module-global name; two class REPLACE hooks
+(:data:`HOOKS`, registered by ``plugin.register``) make those :class:`SelfSpecWorkerV2` and
+:class:`SelfDraftWorker`. Two function hooks complete the picture: ``get_model_loader`` builds the
+draft from the target (``loader.py``) and ``_init_pools`` gives the draft runner the target's KV pool.
+
+Launch sequence inside SGLang's scheduler (``Scheduler.init_model_worker``) and what changes:
+
+1. target TpModelWorker loads the checkpoint (stock);
+2. :class:`SelfSpecWorkerV2` → :class:`SelfDraftWorker` → draft TpModelWorker → ``load_model``: the
+   drafter is built on ``meta`` with everything unquantized aliased to the target — 0 bytes;
+3. target KV pool profiled and allocated (stock; no ``speculative_draft_model_path``, so no per-token
+   scaling for a draft KV): token capacity equals plain SGLang's;
+4. :meth:`SelfDraftWorker.alloc_memory_pool`: the draft runner takes the target's req_to_token pool,
+   allocator and KV pool (no KV of its own); the drafter's buffers are allocated and requantized;
+5. attention backends and CUDA graphs: no stock draft backends/graphs (the stock draft path writes
+   draft-model K/V into the shared pool, see below); the target gets a 1-token TARGET_VERIFY state.
+
+Why the stock draft path is off: with a shared KV pool, stock STANDALONE's ``_draft_extend_for_prefill``
+(prompt shifted by one token) and ``_draft_extend_for_decode`` (accepted tokens) would overwrite the
+*target's* K/V at those positions with the drafter's (shifted) K/V, corrupting the target's cache. Only
+the K draft steps' own writes (positions the verify pass rewrites) are safe. Until issue 4 brings the
+shared-KV draft loop, this worker decodes with K=0 (SGLang's trivial verify: one plain target step per
+round) and keeps the drafter requantized, so speculation can start without any catch-up.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import torch
+from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode
+from sglang.srt.speculative import standalone_worker_v2 as _sw2
+from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
+from sglang.srt.speculative.eagle_info import EagleDraftInput
+
+from er_verl.engine import loader
+from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
+from er_verl.engine.weight_sync import EVENTS
+
+REPORT_ENV = "ER_VERL_DRAFTER_REPORT"  # a JSONL path: one line of checks per requant (tests, debugging)
+_DRAFT_INIT = inspect.signature(_sw2.StandaloneDraftWorker.__init__)
+
+
+class SelfDraftWorker(_sw2.StandaloneDraftWorker):
+    """StandaloneDraftWorker whose model is the target's self-drafter (``self.drafter``)."""
+
+    def __init__(self, *args, **kwargs):
+        target_worker = _DRAFT_INIT.bind(self, *args, **kwargs).arguments["target_worker"]
+        with loader.draft_source(target_worker.model_runner.model):
+            super().__init__(*args, **kwargs)
+        drafter = getattr(self.draft_runner.loader, "drafter", None)
+        if drafter is None:
+            raise RuntimeError("er_verl: the draft model was not built by SelfDraftLoader (get_model_loader hook?)")
+        self.drafter = drafter
+        self.drafter.runner = self.draft_runner
+
+    def alloc_memory_pool(self, memory_pool_config=None, req_to_token_pool=None, token_to_kv_pool_allocator=None):
+        """Share the target's pools (no draft KV), then allocate and requantize the drafter's buffers.
+
+        Runs after the target's KV pool was profiled and allocated, so nothing here changes capacity.
+        """
+        target_runner = self.target_worker.model_runner
+        setattr(self.draft_runner, loader.SHARED_KV_ATTR, target_runner.token_to_kv_pool)
+        super().alloc_memory_pool(memory_pool_config, req_to_token_pool, token_to_kv_pool_allocator)
+        loader.materialize_drafter_(self.drafter, target_runner.model, self.draft_runner.memory_saver_adapter)
+        self.drafter.refresh(target_runner.model)
+
+    def init_attention_backend(self):
+        """No stock multi-step draft / draft-extend backends: the drafter is not run by the stock loop."""
+        self.draft_attn_backend = None
+        self.draft_extend_attn_backend = None
+        self.draft_runner.draft_attn_backend = None
+
+    def _capture_cuda_graphs(self):
+        self.cuda_graph_runner = None
+        self.cuda_graph_runner_for_draft_extend = None
+
+    def _draft_extend_for_prefill(self, batch, target_hidden_states, next_token_ids, mm_input_embeds=None):
+        """No draft prefill (it would overwrite the shared KV): the next round starts from the bonus token."""
+        topk_p, topk_index = self._no_proposals(next_token_ids.shape[0])
+        return EagleDraftInput(
+            topk_p=topk_p, topk_index=topk_index, hidden_states=None, bonus_tokens=next_token_ids,
+            num_tokens_per_req=1, num_tokens_for_logprob_per_req=1,
+        )
+
+    def _draft_extend_for_decode(self, batch, batch_result):
+        """No draft extend: shape-valid stubs for the FutureMap (as SGLang's skipped-extend path)."""
+        draft_input = batch_result.next_draft_input
+        draft_input.topk_p, draft_input.topk_index = self._no_proposals(len(batch.seq_lens))
+        draft_input.hidden_states = None
+
+    def _no_proposals(self, batch_size: int):
+        shape = (batch_size, self.topk)
+        return (torch.zeros(shape, dtype=torch.float32, device=self.device),
+                torch.zeros(shape, dtype=torch.int64, device=self.device))
+
+
+class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
+    """STANDALONE worker with a KV-sharing self-drafter; decodes with K=0 until issue 4's loop lands.
+
+    ``runtime_states`` holds SGLang runtime states by K: the launch state (target verify graphs for
+    Kmax+1 tokens) and the 1-token state used now (``build_adaptive_runtime_state(0, 1)``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self._draft_worker, SelfDraftWorker):
+            raise RuntimeError("er_verl: StandaloneDraftWorker was not replaced by SelfDraftWorker (plugin hooks?)")
+        self.tp_rank = self._draft_worker.tp_rank  # stock StandaloneWorkerV2 never sets it (pitfall 1)
+        self.runtime_states: dict[int, SpecRuntimeState] = {}
+        self.decode_stats = DecodeStats()
+        EVENTS.subscribe(self.drafter.mark_dirty)
+        report = os.environ.get(REPORT_ENV)
+        if report:
+            from er_verl.engine.checks import ReportWriter
+
+            self.drafter.listeners.append(ReportWriter(report, self.target_worker.model_runner, self.decode_stats))
+
+    def init_cuda_graphs(self):
+        super().init_cuda_graphs()
+        self._use_plain_decode()
+
+    def _build_trivial_verify_input(self, batch):
+        """SGLang's K=0 verify input asks for FULL hidden states (EAGLE drafts from them), but a STANDALONE
+        target's verify graphs are captured with NULL: FULL would make every K=0 step skip its CUDA
+        graph (``DecodeCudaGraphRunner.can_run_graph``). The self-drafter needs no hidden states."""
+        verify_input = super()._build_trivial_verify_input(batch)
+        verify_input.capture_hidden_mode = CaptureHiddenMode.NULL
+        return verify_input
+
+    def _use_plain_decode(self) -> None:
+        """Keep the launch (Kmax) state for later and switch to K=0: one target token per round."""
+        runner = self.target_worker.model_runner
+        self.runtime_states[self.speculative_num_steps] = SpecRuntimeState(
+            speculative_num_steps=self.speculative_num_steps,
+            speculative_num_draft_tokens=self.speculative_num_draft_tokens,
+            draft_attn_backend=None, cuda_graph_runner=None,
+            target_attn_backend=runner.attn_backend, target_graph_runner=runner.decode_cuda_graph_runner,
+            draft_extend_attn_backend=None, cuda_graph_runner_for_draft_extend=None,
+        )
+        plain = self.build_adaptive_runtime_state(0, 1)
+        self.runtime_states[0] = plain
+        self.apply_runtime_state(plain)
+        print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K=0 "
+              f"(states for K in {sorted(self.runtime_states)})", flush=True)
+
+
+HOOKS = (
+    ("sglang.srt.speculative.standalone_worker_v2.StandaloneWorkerV2", SelfSpecWorkerV2, "REPLACE"),
+    ("sglang.srt.speculative.standalone_worker_v2.StandaloneDraftWorker", SelfDraftWorker, "REPLACE"),
+    ("sglang.srt.model_loader.loader.get_model_loader", loader.get_model_loader_around, "AROUND"),
+    (
+        "sglang.srt.model_executor.model_runner_kv_cache_mixin.ModelRunnerKVCacheMixin._init_pools",
+        loader.init_pools_around,
+        "AROUND",
+    ),
+)
+"""(target, hook, HookType name) for every self-drafter hook; ``plugin.register`` registers them."""

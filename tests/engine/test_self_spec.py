@@ -1,0 +1,93 @@
+"""SelfSpecMixin with fakes: weight updates reach the target only; decode steps refresh the drafter first."""
+
+from torch import nn
+
+from er_verl.engine.drafter import SelfDrafter
+from er_verl.engine.self_spec import TARGET_ONLY, DecodeStats, SelfSpecMixin
+from er_verl.engine.sharing import SharingPlan
+
+
+class Mode:
+    def __init__(self, extend: bool):
+        self.extend = extend
+
+    def is_extend(self) -> bool:
+        return self.extend
+
+
+class Batch:
+    def __init__(self, extend: bool, extend_in_batch: bool = False):
+        self.forward_mode = Mode(extend)
+        self.is_extend_in_batch = extend_in_batch
+
+
+class StockWorker:
+    """What StandaloneWorkerV2 provides below the mixin: records the batches it ran."""
+
+    def forward_batch_generation(self, batch, on_publish=None):
+        self.log.append(("forward", batch.forward_mode.extend, self.drafter.is_dirty))
+        return type("Result", (), {"can_run_cuda_graph": len(self.log) % 2 == 0})()
+
+    def update_weights_from_tensor(self, recv_req):  # stock: would load into the draft too
+        raise AssertionError("stock routing used")
+
+
+class Worker(SelfSpecMixin, StockWorker):
+    def __init__(self):
+        self.log = []
+        self.decode_stats = DecodeStats()
+        log = self.log
+
+        class Target:
+            model_runner = type("R", (), {"model": nn.Module()})()
+
+            def update_weights_from_tensor(self, req):
+                log.append(("target", "tensor", req))
+                return True, "ok"
+
+            def update_weights_from_distributed(self, req):
+                log.append(("target", "distributed", req))
+                return True, "ok"
+
+        self.target_worker = Target()
+        drafter = SelfDrafter(nn.Module(), "int4", SharingPlan())
+        drafter.requantize_ = lambda target_model: log.append(("requant",)) or 0.001
+        self._draft_worker = type("D", (), {"drafter": drafter})()
+
+
+def test_tensor_and_distributed_updates_go_to_the_target_only():
+    worker = Worker()
+    assert worker.update_weights_from_tensor("req") == (True, "ok")
+    assert worker.update_weights_from_distributed("req2") == (True, "ok")
+    assert worker.log == [("target", "tensor", "req"), ("target", "distributed", "req2")]
+
+
+def test_disk_and_ipc_leave_the_already_updated_target_alone():
+    worker = Worker()
+    assert worker.update_weights_from_disk("req") == TARGET_ONLY
+    assert worker.update_weights_from_ipc("req") == TARGET_ONLY
+    assert worker.log == []
+
+
+def test_decode_refreshes_a_dirty_drafter_before_the_step_and_prefill_does_not():
+    worker = Worker()
+    worker.forward_batch_generation(Batch(extend=True))
+    assert worker.log == [("forward", True, True)]  # prefill: the drafter may stay dirty
+    worker.forward_batch_generation(Batch(extend=False))
+    worker.forward_batch_generation(Batch(extend=False))
+    assert worker.log[1:] == [("requant",), ("forward", False, False), ("forward", False, False)]
+    assert worker.decode_stats == DecodeStats(decode_steps=2, graph_steps=1)  # prefills are not counted
+
+
+def test_mixed_extend_batch_is_not_a_decode_step():
+    worker = Worker()
+    worker.forward_batch_generation(Batch(extend=False, extend_in_batch=True))
+    assert worker.log == [("forward", False, True)]
+
+
+def test_speculation_ready_tracks_the_drafter():
+    worker = Worker()
+    assert not worker.speculation_ready
+    assert worker.refresh_drafter() is True
+    worker.drafter.mark_dirty("tensor")
+    assert not worker.speculation_ready
