@@ -96,8 +96,14 @@ def subtree_shareable(draft: nn.Module, target: nn.Module, is_quantized: IsQuant
     return seen_tensor
 
 
-def share_modules_(draft: nn.Module, target: nn.Module, is_quantized: IsQuantized, prefix: str = "") -> list[str]:
-    """Replace shareable draft submodules by the target's module objects; returns their names."""
+def share_modules_(
+    draft: nn.Module, target: nn.Module, is_quantized: IsQuantized, prefix: str = "", replaced: dict | None = None
+) -> list[str]:
+    """Replace shareable draft submodules by the target's module objects; returns their names.
+
+    ``replaced`` (id of the draft module → its target twin) collects what was swapped, so that
+    :func:`rebind_references_` can fix helpers that captured the draft module at construction.
+    """
     shared = []
     for name, child in list(draft._modules.items()):
         twin = target._modules.get(name)
@@ -106,9 +112,31 @@ def share_modules_(draft: nn.Module, target: nn.Module, is_quantized: IsQuantize
         if child is twin or subtree_shareable(child, twin, is_quantized):
             draft._modules[name] = twin
             shared.append(prefix + name)
+            if replaced is not None and child is not twin:
+                replaced[id(child)] = twin
         else:
-            shared += share_modules_(child, twin, is_quantized, prefix + name + ".")
+            shared += share_modules_(child, twin, is_quantized, prefix + name + ".", replaced)
     return shared
+
+
+def rebind_references_(draft: nn.Module, replaced: dict) -> int:
+    """Point plain-object attributes of draft modules at the shared twins; returns how many were fixed.
+
+    Some SGLang layers hand their submodules to a helper object at construction, e.g. Qwen3's
+    decoder layer builds ``LayerCommunicator(input_layernorm=..., post_attention_layernorm=...)``,
+    which then runs those norms. Swapping ``_modules`` alone would leave the helper calling the draft's
+    meta-device norms (seen on the H200: "Cannot pack tensors on meta" in rmsnorm).
+    """
+    fixed = 0
+    for module in draft.modules():
+        for value in vars(module).values():
+            if isinstance(value, (nn.Module, torch.Tensor)) or not hasattr(value, "__dict__"):
+                continue
+            for key, ref in list(vars(value).items()):
+                if id(ref) in replaced:
+                    setattr(value, key, replaced[id(ref)])
+                    fixed += 1
+    return fixed
 
 
 def link_tensors_(draft: nn.Module, target: nn.Module) -> list[TensorLink]:
@@ -130,7 +158,9 @@ def link_tensors_(draft: nn.Module, target: nn.Module) -> list[TensorLink]:
 
 def share_with_target_(draft: nn.Module, target: nn.Module, is_quantized: IsQuantized) -> SharingPlan:
     """Module sharing, then tensor links (module docstring). The draft is modified in place."""
-    modules = share_modules_(draft, target, is_quantized)
+    replaced: dict = {}
+    modules = share_modules_(draft, target, is_quantized, replaced=replaced)
+    rebind_references_(draft, replaced)
     return SharingPlan(modules=modules, links=link_tensors_(draft, target))
 
 

@@ -184,6 +184,13 @@ def _build_one(model_type: str, tied: bool, drafter: str = "int4") -> dict:
         "lm_head_is_embed": d.lm_head is d.model.embed_tokens,
         "rotary_shared": d.model.layers[1].self_attn.rotary_emb is t.model.layers[1].self_attn.rotary_emb,
         "norm_shared": d.model.layers[0].input_layernorm is t.model.layers[0].input_layernorm,
+        # Qwen3's LayerCommunicator runs the norms it captured at construction (H200 failure, 2026-11-25)
+        "communicator_norms_shared": [
+            getattr(getattr(layer, "layer_communicator", None), attr, tl.input_layernorm if attr == "input_layernorm"
+                    else tl.post_attention_layernorm) is getattr(tl, attr)
+            for layer, tl in zip(d.model.layers, t.model.layers)
+            for attr in ("input_layernorm", "post_attention_layernorm")
+        ],
         "target_untouched": before == {n: id(x) for n, x in _tensors(target).items()},
         "quantized_layers": [n for n, m in d.named_modules() if loader.is_quantized(m)],
     }

@@ -92,6 +92,7 @@ def test_untied_qwen3_shares_its_own_lm_head_and_qk_norms(built):
     assert out["lm_head_is_target_lm_head"] and not out["lm_head_is_embed"]
     assert {"model.layers.0.self_attn.q_norm", "model.layers.1.self_attn.k_norm", "lm_head"} <= set(out["shared_modules"])
     assert out["links"] == []
+    assert out["communicator_norms_shared"] == [True] * 4
 
 
 def test_fp8_drafter_links_the_bf16_weights_it_will_quantize(built):

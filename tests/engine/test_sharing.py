@@ -133,3 +133,28 @@ def test_links_rebound_by_processing_are_pruned_not_restored():
     assert plan.links == []
     plan.relink_()
     assert draft.layers[0].proj.bias is not target.layers[0].proj.bias
+
+
+class Communicator:
+    """Like SGLang's LayerCommunicator: a plain object holding the layer's norm module."""
+
+    def __init__(self, norm):
+        self.input_layernorm = norm
+
+
+class LayerWithHelper(nn.Module):
+    def __init__(self, quantized: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(16)
+        self.proj = Linear(64, 16, quantized)
+        self.communicator = Communicator(self.norm)
+
+
+def test_helper_objects_follow_the_shared_module():
+    """Qwen3's LayerCommunicator keeps the draft's own norm unless it is re-pointed (seen on the H200)."""
+    target = LayerWithHelper(quantized=False)
+    with torch.device("meta"):
+        draft = LayerWithHelper(quantized=True)
+    share_with_target_(draft, target, lambda m: hasattr(m, "quant_method"))
+    assert draft.norm is target.norm
+    assert draft.communicator.input_layernorm is target.norm
