@@ -4,6 +4,8 @@ SGLang calls :func:`register` (zero arguments) from ``load_plugins()`` in every 
 then applies the hooks. Installing er_verl must not change plain SGLang (verl's ``sglang`` backend, or
 any other SGLang user), so hooks are registered only in processes of an efficient_sglang server: its
 server actor sets ``ER_VERL_ENGINE=1`` in its own environment, which SGLang's schedulers inherit.
+The self-drafter's hooks (worker classes, draft loader, shared KV pool) are added only where
+``ER_VERL_SELF_DRAFT=1`` is set too (``server_args.self_draft_env``), i.e. when speculation is on.
 Hook failures are only logged by SGLang, so :func:`assert_applied` checks that each reached its target.
 """
 
@@ -13,6 +15,7 @@ import os
 logger = logging.getLogger(__name__)
 
 ENGINE_ENV = "ER_VERL_ENGINE"
+SELF_DRAFT_ENV = "ER_VERL_SELF_DRAFT"
 UPDATER = "sglang.srt.managers.scheduler_components.weight_updater.SchedulerWeightUpdaterManager"
 WEIGHT_PATHS = {
     "update_weights_from_tensor": "tensor",
@@ -45,26 +48,35 @@ def enabled() -> bool:
     return os.environ.get(ENGINE_ENV) == "1"
 
 
+def self_draft_enabled() -> bool:
+    """True where the self-drafter is to be built as well (``ER_VERL_SELF_DRAFT=1``)."""
+    return enabled() and os.environ.get(SELF_DRAFT_ENV) == "1"
+
+
+def _drafter_hooks() -> tuple:
+    if not self_draft_enabled():
+        return ()
+    from er_verl.engine.worker import HOOKS  # imports most of sglang.srt: only where it is used
+
+    return HOOKS
+
+
 def register() -> None:
     """Register er_verl's hooks (efficient_sglang only): AFTER hooks on every path that changes target
-    weights, and the self-drafter's worker classes, draft loader and shared KV pool (engine/worker.py)."""
+    weights and, with the self-drafter on, its worker classes, draft loader and shared KV pool."""
     if not enabled():
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from er_verl.engine.worker import HOOKS
-
     for method, source in WEIGHT_PATHS.items():
         HookRegistry.register(f"{UPDATER}.{method}", _after_weight_change(source), HookType.AFTER)
-    for target, hook, hook_type in HOOKS:
+    for target, hook, hook_type in _drafter_hooks():
         HookRegistry.register(target, hook, HookType[hook_type])
 
 
 def hook_targets() -> list[str]:
-    """Every target er_verl hooks (imports er_verl.engine.worker, hence sglang)."""
-    from er_verl.engine.worker import HOOKS
-
-    return [f"{UPDATER}.{method}" for method in WEIGHT_PATHS] + [target for target, _, _ in HOOKS]
+    """Every target er_verl hooks in this process (the drafter's only with ``ER_VERL_SELF_DRAFT=1``)."""
+    return [f"{UPDATER}.{method}" for method in WEIGHT_PATHS] + [target for target, _, _ in _drafter_hooks()]
 
 
 def assert_applied() -> None:

@@ -87,6 +87,7 @@ def self_draft_server_args(
 def self_draft_env() -> dict[str, str]:
     """Environment for the SGLang processes of a self-draft server (set before they start)."""
     return {
+        "ER_VERL_SELF_DRAFT": "1",  # engine/plugin.py: register the self-drafter's hooks
         "SGLANG_FLASHINFER_WORKSPACE_SIZE": str(FLASHINFER_WORKSPACE_BYTES),
         "SGLANG_ENABLE_OVERLAP_PLAN_STREAM": "0",
     }

@@ -15,6 +15,7 @@ from sglang.srt.managers.scheduler_components.weight_updater import SchedulerWei
 from er_verl.engine.plugin import UPDATER, WEIGHT_PATHS
 from er_verl.engine.weight_sync import EVENTS
 patched = sorted(m for m in WEIGHT_PATHS if f"{UPDATER}.{m}" in HookRegistry._patched)
+worker_replaced = "sglang.srt.speculative.standalone_worker_v2.StandaloneWorkerV2" in HookRegistry._patched
 seen = []
 EVENTS.subscribe(seen.append)
 
@@ -41,7 +42,8 @@ for ok in (True, False):
     mgr = U(tp_worker=FakeWorker(ok), draft_worker=None, tp_cpu_group=Group(), memory_saver_adapter=None,
             flush_cache=lambda **k: True, is_fully_idle=lambda: True)
     out = mgr.update_weights_from_tensor(Req())
-print("RESULT" + json.dumps({"entry_points": eps, "patched": patched, "events": seen, "counts": EVENTS.counts}))
+print("RESULT" + json.dumps({"entry_points": eps, "patched": patched, "events": seen, "counts": EVENTS.counts,
+                             "worker_replaced": worker_replaced}))
 """
 
 
@@ -64,6 +66,7 @@ def test_hooks_apply_to_installed_updater_and_fire_only_on_success():
     )
     assert out["events"] == ["tensor"]  # the successful update fired, the failed one did not
     assert out["counts"]["tensor"] == 1
+    assert out["worker_replaced"] is False  # the self-drafter's hooks need ER_VERL_SELF_DRAFT=1 as well
 
 
 def test_plain_sglang_is_untouched_without_the_engine_flag():
@@ -71,3 +74,4 @@ def test_plain_sglang_is_untouched_without_the_engine_flag():
     assert out["entry_points"] == ["er_verl.engine.plugin:register"]
     assert out["patched"] == []
     assert out["events"] == []
+    assert out["worker_replaced"] is False

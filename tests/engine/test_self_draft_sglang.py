@@ -19,7 +19,7 @@ UPDATER = "sglang.srt.managers.scheduler_components.weight_updater.SchedulerWeig
 
 
 def run_probe(mode: str) -> dict:
-    env = {**os.environ, "ER_VERL_ENGINE": "1"}
+    env = {**os.environ, "ER_VERL_ENGINE": "1", "ER_VERL_SELF_DRAFT": "1"}
     proc = subprocess.run([sys.executable, PROBE, mode], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))

@@ -54,6 +54,7 @@ def test_hub_ids_and_config_less_dirs_are_checked_later(tmp_path):
 
 def test_env():
     assert self_draft_env() == {
+        "ER_VERL_SELF_DRAFT": "1",
         "SGLANG_FLASHINFER_WORKSPACE_SIZE": str(FLASHINFER_WORKSPACE_BYTES),
         "SGLANG_ENABLE_OVERLAP_PLAN_STREAM": "0",
     }
