@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# PPO (GAE, with a critic) on GSM8K with verl 0.9.1 and er_verl's efficient_sglang rollout backend
+# (config/ppo_gsm8k.yaml).
+#
+#   bash recipes/ppo/run_ppo_gsm8k.sh                        # Qwen/Qwen2.5-0.5B-Instruct actor and critic, 1 GPU
+#   ROLLOUT=sglang bash recipes/ppo/run_ppo_gsm8k.sh         # the baseline: verl's own sglang backend
+#   MODEL=/models/Qwen2.5-7B-Instruct NGPUS=8 bash recipes/ppo/run_ppo_gsm8k.sh \
+#       actor_rollout_ref.rollout.tensor_model_parallel_size=2 trainer.logger='[console,wandb]'
+#
+# Env:
+#   MODEL      actor: hub id or local model folder (default Qwen/Qwen2.5-0.5B-Instruct)
+#   CRITIC_MODEL  critic initialization: hub id or local folder (default MODEL)
+#   DATA_DIR   folder with GSM8K train.parquet and test.parquet in verl's format (default ~/data/gsm8k);
+#              when they are missing, they are made from GSM8K_SRC with `er_verl.cli prepare-gsm8k`
+#   GSM8K_SRC  folder with GSM8K train.jsonl and test.jsonl (openai/grade-school-math; default DATA_DIR)
+#   ROLLOUT    efficient_sglang (default) or sglang
+#   NGPUS      GPUs on this node (default 1)
+#   PYTHON     interpreter (default python3)
+#   DRY_RUN=1  prepare the data, then print the training command, one argument per line, instead of running it
+# Arguments: extra Hydra overrides, passed last (so they win).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+MODEL=${MODEL:-Qwen/Qwen2.5-0.5B-Instruct}
+CRITIC_MODEL=${CRITIC_MODEL:-$MODEL}
+DATA_DIR=${DATA_DIR:-$HOME/data/gsm8k}
+GSM8K_SRC=${GSM8K_SRC:-$DATA_DIR}
+ROLLOUT=${ROLLOUT:-efficient_sglang}
+NGPUS=${NGPUS:-1}
+PY=${PYTHON:-python3}
+
+case "$ROLLOUT" in
+  efficient_sglang) AGENT_LOOP=efficient_single_turn_agent ;;
+  # verl's sglang backend never reads rollout.custom, so custom.efficient can stay in the config.
+  sglang) AGENT_LOOP=single_turn_agent ;;
+  *) echo "ROLLOUT=$ROLLOUT is not supported here: use efficient_sglang or sglang." >&2; exit 2 ;;
+esac
+
+if [ ! -f "$DATA_DIR/train.parquet" ] || [ ! -f "$DATA_DIR/test.parquet" ]; then
+  if [ ! -f "$GSM8K_SRC/train.jsonl" ] || [ ! -f "$GSM8K_SRC/test.jsonl" ]; then
+    echo "No train.parquet/test.parquet in DATA_DIR=$DATA_DIR, and no train.jsonl/test.jsonl in" \
+      "GSM8K_SRC=$GSM8K_SRC to make them from. Point GSM8K_SRC at a GSM8K jsonl folder, or make the" \
+      "parquet with verl's examples/data_preprocess/gsm8k.py --local_save_dir \$DATA_DIR." >&2
+    exit 2
+  fi
+  $PY -m er_verl.cli prepare-gsm8k --src "$GSM8K_SRC" --out "$DATA_DIR" >&2
+fi
+# verl reads these in Ray workers: absolute paths do not depend on their working directory.
+DATA_DIR=$(cd "$DATA_DIR" && pwd)
+if [ -d "$MODEL" ]; then MODEL=$(cd "$MODEL" && pwd); fi
+if [ -d "$CRITIC_MODEL" ]; then CRITIC_MODEL=$(cd "$CRITIC_MODEL" && pwd); fi
+
+cmd=($PY -m verl.trainer.main_ppo --config-path="$HERE/config" --config-name=ppo_gsm8k
+  data.train_files="$DATA_DIR/train.parquet"
+  data.val_files="$DATA_DIR/test.parquet"
+  actor_rollout_ref.model.path="$MODEL"
+  critic.model.path="$CRITIC_MODEL"
+  actor_rollout_ref.rollout.name="$ROLLOUT"
+  actor_rollout_ref.rollout.agent.default_agent_loop="$AGENT_LOOP"
+  trainer.n_gpus_per_node="$NGPUS"
+  trainer.experiment_name="$(basename "$MODEL")_$ROLLOUT"
+  "$@")
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  printf '%s\n' "${cmd[@]}"
+else
+  exec "${cmd[@]}"
+fi
