@@ -11,8 +11,10 @@ Mixed in before ``StandaloneWorkerV2`` (``worker.py``), so these methods win in 
   never reaches a draft worker in SGLang; it is forwarded to the target should anything call it.
   The drafter learns of every change through ``weight_sync.EVENTS`` (the plugin's AFTER hooks on all
   five updater paths, ``resume_memory_occupation`` included) and is marked dirty.
-* Lazy requant: before each decode step (where issue 4 will speculate) the drafter is refreshed if
-  dirty, once for however many updates arrived. A failed requant leaves ``drafter.ready`` False.
+* Lazy requant: before each decode step the drafter is refreshed if dirty, once for however many
+  updates arrived. A failed requant leaves ``drafter.ready`` False (then every step is K=0).
+* K per decode batch: :meth:`SelfSpecMixin.round_k` (0 → the stock one-token step; K > 0 → the
+  worker's shared-KV :meth:`speculative_round`).
 
 Kept free of sglang so the tests can run it against fakes on the CPU.
 """
@@ -56,13 +58,34 @@ class SelfSpecMixin:
         return self.speculation_ready
 
     def forward_batch_generation(self, batch: Any, on_publish=None):
-        decode = not (batch.forward_mode.is_extend() or batch.is_extend_in_batch)
-        if decode:
-            self.refresh_drafter()
-        result = super().forward_batch_generation(batch, on_publish)
-        if decode:
-            self.decode_stats.count(result)
+        """Prefill: stock. Decode: refresh the drafter, pick K (:meth:`round_k`), then the stock K=0 step
+        or one speculative round (:meth:`speculative_round`)."""
+        self.on_batch(batch)
+        if batch.forward_mode.is_extend() or batch.is_extend_in_batch:
+            return super().forward_batch_generation(batch, on_publish)
+        self.refresh_drafter()
+        k = self.round_k(batch)
+        self.use_k(k)
+        if k == 0:
+            result = super().forward_batch_generation(batch, on_publish)
+        else:
+            result = self.speculative_round(batch, k, on_publish)
+        self.decode_stats.count(result)
         return result
+
+    # Overridden by the engine worker (worker.py); the defaults decode plainly.
+    def on_batch(self, batch: Any) -> None:
+        """Called for every batch before it runs."""
+
+    def round_k(self, batch: Any) -> int:
+        """Draft length for this decode batch (0: one plain target step)."""
+        return 0
+
+    def use_k(self, k: int) -> None:
+        """Make the runtime state for K active."""
+
+    def speculative_round(self, batch: Any, k: int, on_publish=None):
+        raise NotImplementedError
 
     def update_weights_from_tensor(self, recv_req: Any):
         return self.target_worker.update_weights_from_tensor(recv_req)

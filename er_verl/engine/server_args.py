@@ -84,10 +84,17 @@ def self_draft_server_args(
     return args
 
 
-def self_draft_env() -> dict[str, str]:
-    """Environment for the SGLang processes of a self-draft server (set before they start)."""
-    return {
+def self_draft_env(forced_k: Optional[int] = None) -> dict[str, str]:
+    """Environment for the SGLang processes of a self-draft server (set before they start).
+
+    ``forced_k``: the draft length of every decode batch (``ER_VERL_SPEC_K``, read by the worker;
+    0..Kmax, unset = 0 = plain decoding) until the controller chooses K.
+    """
+    env = {
         "ER_VERL_SELF_DRAFT": "1",  # engine/plugin.py: register the self-drafter's hooks
         "SGLANG_FLASHINFER_WORKSPACE_SIZE": str(FLASHINFER_WORKSPACE_BYTES),
         "SGLANG_ENABLE_OVERLAP_PLAN_STREAM": "0",
     }
+    if forced_k is not None:
+        env["ER_VERL_SPEC_K"] = str(forced_k)
+    return env

@@ -31,9 +31,14 @@ generator (under CUDA graphs, register the generator's state with the graph).
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["filter_probs", "draft_sample", "sample_round", "target_logprobs"]
+__all__ = [
+    "filter_probs", "draft_sample", "sample_round", "target_logprobs",
+    "FORCE_ACCEPT_ENV", "forced_accept_alpha", "sample_round_forced",
+]
 
 GREEDY_EPS = 1e-6  # sglang/srt/sampling/sampling_params.py:144: T below this means greedy
 
@@ -204,3 +209,58 @@ def target_logprobs(
     logprobs = logprobs.clamp_min(torch.finfo(logprobs.dtype).min)
     picked = logprobs.gather(-1, tokens.clamp_min(0)[..., None]).squeeze(-1)   # [B, Kmax+1]
     return torch.where(tokens >= 0, picked, torch.zeros_like(picked))
+
+
+# ---------------------------------------------------------------- systems-measurement knob (NOT exact)
+
+FORCE_ACCEPT_ENV = "ER_VERL_FORCE_ACCEPT"
+
+
+def forced_accept_alpha(environ=os.environ) -> float | None:
+    """α from ``ER_VERL_FORCE_ACCEPT`` (a float in [0, 1]), or None when unset/empty (the default).
+
+    Raises ValueError with a sentence for anything else. Only for systems measurements with
+    random-weight models: the tokens it emits do NOT follow the target's distribution.
+    """
+    raw = environ.get(FORCE_ACCEPT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        alpha = float(raw)
+    except ValueError:
+        alpha = float("nan")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{FORCE_ACCEPT_ENV}={raw!r}: expected a probability in [0, 1] (or unset for exact sampling)")
+    return alpha
+
+
+def sample_round_forced(
+    alpha: float,                            # per-token forced acceptance probability
+    target_logits: torch.Tensor,             # [B, Kmax+1, V]
+    draft_tokens: torch.Tensor,              # [B, Kmax] int64
+    num_draft: torch.Tensor,                 # [B] int: K_b
+    temperature: torch.Tensor,               # [B]
+    top_k: torch.Tensor,                     # [B] int
+    top_p: torch.Tensor,                     # [B]
+    min_p: torch.Tensor,                     # [B]
+    uniforms: torch.Tensor,                  # [B, >= Kmax] U[0,1)
+    noise: torch.Tensor | torch.Generator,   # [B, V] Exp(1), or a generator
+    need_filter: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """NOT EXACT. ``sample_round``'s outputs with x_i accepted iff u_i < α (whatever p and q say).
+
+    The token after the accepted prefix is drawn from p at that position (no residual), so the
+    round emits 1..K_b+1 tokens with E = (1 − α^(K+1)) / (1 − α) at K_b = K: the step cost of a
+    speculative round at a chosen acceptance, for random-weight models that accept nothing.
+    """
+    batch, k_plus_1, vocab = target_logits.shape
+    kmax = k_plus_1 - 1
+    num_draft = num_draft.to(device=target_logits.device, dtype=torch.int64)
+    in_range = torch.arange(kmax, device=target_logits.device) < num_draft[:, None]   # [B, Kmax]
+    accepted = (uniforms[:, :kmax].float() < alpha) & in_range
+    num_accepted = accepted.to(torch.int64).cumprod(-1).sum(-1)                         # [B]
+    index = num_accepted[:, None, None].expand(-1, 1, vocab)
+    logits_n = target_logits.gather(1, index).squeeze(1)                                # [B, V]
+    p_n = filter_probs(logits_n, temperature, top_k, top_p, min_p, need_filter)
+    last = _race(p_n, noise)
+    return _assemble(draft_tokens, num_accepted, last), num_accepted + 1, num_accepted

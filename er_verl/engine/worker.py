@@ -21,9 +21,11 @@ Launch sequence inside SGLang's scheduler (``Scheduler.init_model_worker``) and 
 Why the stock draft path is off: with a shared KV pool, stock STANDALONE's ``_draft_extend_for_prefill``
 (prompt shifted by one token) and ``_draft_extend_for_decode`` (accepted tokens) would overwrite the
 *target's* K/V at those positions with the drafter's (shifted) K/V, corrupting the target's cache. Only
-the K draft steps' own writes (positions the verify pass rewrites) are safe. Until issue 4 brings the
-shared-KV draft loop, this worker decodes with K=0 (SGLang's trivial verify: one plain target step per
-round) and keeps the drafter requantized, so speculation can start without any catch-up.
+the K draft steps' own writes (positions the verify pass rewrites) are safe: ``spec_round.py`` runs
+exactly those (K drafter DECODE steps on the shared KV, one TARGET_VERIFY pass, exact sampling). K per
+decode batch is ``ER_VERL_SPEC_K`` (default 0: SGLang's trivial verify, one plain target step per round);
+runtime states are prepared at init for K in {0, Kmax, ER_VERL_SPEC_K}. The drafter is kept requantized,
+so speculation can start at any step without catch-up.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from sglang.srt.speculative import standalone_worker_v2 as _sw2
 from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
 from sglang.srt.speculative.eagle_info import EagleDraftInput
 
-from er_verl.engine import loader
+from er_verl.engine import loader, spec_round, verify
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
 from er_verl.engine.weight_sync import EVENTS
 
@@ -100,10 +102,12 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
 
 
 class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
-    """STANDALONE worker with a KV-sharing self-drafter; decodes with K=0 until issue 4's loop lands.
+    """STANDALONE worker with a KV-sharing self-drafter: K=0 plain steps or shared-KV speculative rounds.
 
     ``runtime_states`` holds SGLang runtime states by K: the launch state (target verify graphs for
-    Kmax+1 tokens) and the 1-token state used now (``build_adaptive_runtime_state(0, 1)``).
+    Kmax+1 tokens), the 1-token state (``build_adaptive_runtime_state(0, 1)``) and one for
+    ``forced_k`` (``ER_VERL_SPEC_K``) when it is neither. ``ER_VERL_FORCE_ACCEPT=α`` replaces the exact
+    test by coin flips (``verify.sample_round_forced``; systems measurements only, warned and tagged).
     """
 
     def __init__(self, *args, **kwargs):
@@ -113,6 +117,12 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.tp_rank = self._draft_worker.tp_rank  # stock StandaloneWorkerV2 never sets it (pitfall 1)
         self.runtime_states: dict[int, SpecRuntimeState] = {}
         self.decode_stats = DecodeStats()
+        self.speculative_num_steps_max = self.speculative_num_steps  # Kmax (the launch state)
+        self.forced_k = spec_round.forced_k_from_env(self.speculative_num_steps)
+        self.force_alpha = verify.forced_accept_alpha()
+        self.forced_warning = spec_round.ForcedWarning()
+        self.spec_rounds = 0
+        self._generator = None
         EVENTS.subscribe(self.drafter.mark_dirty)
         report = os.environ.get(REPORT_ENV)
         if report:
@@ -144,9 +154,53 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         )
         plain = self.build_adaptive_runtime_state(0, 1)
         self.runtime_states[0] = plain
+        if self.forced_k not in self.runtime_states:
+            self.runtime_states[self.forced_k] = self.build_adaptive_runtime_state(self.forced_k, self.forced_k + 1)
         self.apply_runtime_state(plain)
-        print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K=0 "
-              f"(states for K in {sorted(self.runtime_states)})", flush=True)
+        print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K={self.forced_k} "
+              f"(states for K in {sorted(self.runtime_states)}; forced acceptance {self.force_alpha})", flush=True)
+
+    @property
+    def spec_v2_attn_backends(self) -> tuple:
+        """The target's backend and the draft runner's (FlashInfer decode over the shared pool)."""
+        return (self.target_worker.model_runner.attn_backend, self._draft_worker.draft_runner.attn_backend)
+
+    def round_k(self, batch) -> int:
+        """K for this decode batch: ``forced_k`` when the drafter is ready and the batch is supported, else 0.
+
+        Routed to K=0 (stock path): idle batches, grammars, penalties / logit bias (not in verify.py yet)."""
+        info = batch.sampling_info
+        unsupported = (batch.forward_mode.is_idle() or batch.has_grammar or info is None
+                       or info.acc_additive_penalties is not None or info.acc_scaling_penalties is not None
+                       or info.logit_bias is not None
+                       or getattr(batch.spec_info, "bonus_tokens", None) is None)
+        return 0 if self.forced_k == 0 or unsupported or not self.speculation_ready else self.forced_k
+
+    def use_k(self, k: int) -> None:
+        self.apply_runtime_state(self.runtime_states[k])  # a no-op when K is unchanged
+
+    def on_batch(self, batch) -> None:
+        """With forced acceptance on: warn (rate-limited) and tag every request of every batch, so each
+        streamed output carries the tag (the tokenizer manager indexes customized_info by request)."""
+        if self.force_alpha is not None and getattr(batch, "reqs", None):
+            self.forced_warning(self.force_alpha)
+            spec_round.tag_forced(batch.reqs, self.force_alpha, self.speculative_num_steps_max)
+
+    def speculative_round(self, batch, k: int, on_publish=None):
+        """One shared-KV round (``spec_round.run_round``); stubs the FutureMap's draft fields like K=0."""
+        result = spec_round.run_round(self, batch, k, self._rng(), self.force_alpha)
+        if on_publish is not None:
+            on_publish(result.new_seq_lens)
+        self._draft_worker._draft_extend_for_decode(batch, result)
+        self.spec_rounds += 1
+        return result
+
+    def _rng(self) -> torch.Generator:
+        """The worker's sampling generator on its device, seeded from ``server_args.random_seed``."""
+        if self._generator is None:
+            self._generator = torch.Generator(device=self.device)
+            self._generator.manual_seed(int(self.server_args.random_seed or 0))
+        return self._generator
 
 
 HOOKS = (

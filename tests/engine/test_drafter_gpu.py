@@ -9,12 +9,13 @@ The tests share one engine and run in file order: launch → tensor update → 2
 The first engine boot on a fresh host JIT-compiles kernels (minutes).
 """
 
-import contextlib
 import json
 import os
 
 import pytest
 import torch
+
+from engine_env import environ
 
 from er_verl.config import EfficientConfig
 from er_verl.engine.server_args import self_draft_env, self_draft_server_args
@@ -34,28 +35,6 @@ ENGINE_KW = dict(
 NUM_LINEARS = 2 * 4  # tiny: 2 layers × (qkv, o, gate_up, down)
 KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 64 * 2  # layers × (K, V) × kv heads × head dim × bf16
 CAPACITY_SLACK_BYTES = 64 << 20  # allocator granularity of small tensors made before the KV profile
-
-
-@contextlib.contextmanager
-def environ(**updates):
-    saved = {k: os.environ.get(k) for k in updates}
-    for key, value in updates.items():
-        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    from er_verl.models.tiny import build_random_model, build_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny")
-    texts = [f"{i} plus {i + 1} is {2 * i + 1}. The quick brown fox jumps over the lazy dog." for i in range(3000)]
-    build_tokenizer(texts, 512, str(root / "tok"))
-    return build_random_model("tiny", str(root / "tok"), str(root / "model"), seed=0)
 
 
 def launch(model_path, **extra):

@@ -1,0 +1,260 @@
+"""One shared-KV self-speculative round for a decode batch with one draft length K (1..Kmax).
+
+Notation as in ``verify.py``: p target, q draft, K draft length, B batch. SGLang's spec-v2 convention:
+``batch.seq_lens[b]`` = n_b tokens whose target K/V is committed; ``batch.spec_info.bonus_tokens[b]``
+is the last verified token x̂ (position n_b, not yet in the cache); ``req_to_token[r, n_b .. n_b+Kmax]``
+are slots the scheduler already allocated for this round (``alloc_len_per_decode`` = Kmax+1).
+
+1. Draft (:func:`draft_chain`): K DECODE forwards of the drafter on the draft ModelRunner (its attention
+   backend is the FlashInfer backend SGLang built for it; its KV pool is the target's). Step i feeds
+   x̂ (i = 0) or d_{i-1} at position n+i with ``seq_lens = n+i+1`` and writes the drafter's K/V into
+   slot ``req_to_token[r, n+i]``; d_i ~ q_i by ``verify.draft_sample``. Those K slots are scratch: the
+   verify pass writes the target's K/V for positions n..n+K into the same slots before anything reads
+   them again, and nothing below n is touched. No draft prefill, no draft extend.
+2. Verify (:func:`target_verify`): a chain ``EagleVerifyInput`` (SGLang's own ``build_tree_kernel_efficient``
+   with topk=1 parents, as ``EagleDraftWorker.draft`` does) through ``eagle_prepare_for_verify`` and the
+   target's TARGET_VERIFY forward (its CUDA graph for K+1 tokens when the runtime state for K is active).
+3. Sample (:func:`sample`): ``verify.sample_round`` (exact) or, with ``ER_VERL_FORCE_ACCEPT`` set,
+   ``verify.sample_round_forced`` (systems measurements only); :func:`round_fields` turns its outputs
+   into the ``GenerationBatchResult`` fields ``_resolve_spec_v2_tokens`` reads.
+
+Not handled here (the worker routes such batches to K=0): grammars, penalties / logit bias, idle
+batches. Per-request sampling seeds are not honoured (one generator per worker). Draft steps run eagerly
+(no CUDA graph yet); the verify pass uses SGLang's captured TARGET_VERIFY graphs. TP > 1: every rank
+samples with an identically seeded generator from its (all-gathered) logits; unlike stock ``eagle_sample``
+nothing is broadcast from rank 0 (unverified). Memory: q is kept as [B, K, V] fp32 (large at big B·V).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from er_verl.engine import verify
+
+SPEC_K_ENV = "ER_VERL_SPEC_K"  # forced draft length for every decode batch (0 = plain decoding)
+WARN_EVERY_S = 5.0
+FORCED_TAG = "er_verl_forced_accept"
+
+
+@dataclass
+class RoundFields:
+    """What SGLang's scheduler reads from a spec-v2 result (``_resolve_spec_v2_tokens``)."""
+
+    next_token_ids: torch.Tensor  # [B*(K+1)] int32: row b's emitted tokens at b*(K+1) .. +accept_lens[b]
+    accept_lens: torch.Tensor     # [B] int32: tokens emitted = accepted drafts + 1 (recovered or bonus)
+    bonus_tokens: torch.Tensor    # [B] int32: the last emitted token, the next round's root
+    new_seq_lens: torch.Tensor    # [B]: seq_lens + accept_lens
+
+
+def round_fields(output_tokens: torch.Tensor,  # [B, K+1] int64, −1-padded (sample_round)
+                 num_emitted: torch.Tensor,    # [B] int64 in 1..K+1
+                 seq_lens: torch.Tensor        # [B] committed lengths before this round
+                 ) -> RoundFields:
+    """Pure: sample_round's outputs in SGLang's layout (stride K+1, padding 0 like eagle_sample)."""
+    last = output_tokens.gather(1, (num_emitted - 1)[:, None]).squeeze(1)
+    accept_lens = num_emitted.to(torch.int32)
+    return RoundFields(
+        next_token_ids=output_tokens.clamp_min(0).to(torch.int32).reshape(-1),
+        accept_lens=accept_lens,
+        bonus_tokens=last.to(torch.int32),
+        new_seq_lens=seq_lens + accept_lens.to(seq_lens.dtype),
+    )
+
+
+def accept_index(num_emitted: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, K+1] int32: flat verify-row index b*(K+1)+i of emitted token i, −1 after (SGLang's layout)."""
+    batch = num_emitted.shape[0]
+    pos = torch.arange(k + 1, device=num_emitted.device)[None]
+    flat = torch.arange(batch, device=num_emitted.device)[:, None] * (k + 1) + pos
+    return torch.where(pos < num_emitted[:, None], flat, -1).to(torch.int32)
+
+
+def draft_slots(req_to_token: torch.Tensor,      # [R, max_context] int32 slot table
+                req_pool_indices: torch.Tensor,  # [B]
+                seq_lens: torch.Tensor,          # [B]
+                k: int) -> torch.Tensor:
+    """[K, B] int64: the slot of position n_b + i for draft step i (``req_to_token[r_b, n_b + i]``)."""
+    cols = seq_lens.to(torch.int64)[None] + torch.arange(k, device=seq_lens.device)[:, None]   # [K, B]
+    rows = req_pool_indices.to(torch.int64)[None].expand_as(cols)
+    return req_to_token[rows, cols].to(torch.int64)
+
+
+def forced_k_from_env(kmax: int, environ=None) -> int:
+    """K from ``ER_VERL_SPEC_K`` (default 0: plain decoding); ValueError outside 0..Kmax."""
+    raw = (environ if environ is not None else os.environ).get(SPEC_K_ENV, "").strip() or "0"
+    if not raw.isdigit() or int(raw) > kmax:
+        raise ValueError(f"{SPEC_K_ENV}={raw!r}: expected an integer draft length from 0 to Kmax={kmax}")
+    return int(raw)
+
+
+@dataclass
+class SamplingTensors:
+    temperature: torch.Tensor  # [B]
+    top_k: torch.Tensor        # [B] int
+    top_p: torch.Tensor        # [B]
+    min_p: torch.Tensor        # [B]
+    need_filter: bool
+
+    @classmethod
+    def of(cls, info) -> "SamplingTensors":
+        """From SGLang's SamplingBatchInfo (temperatures is [B, 1])."""
+        need = bool(info.need_top_k_sampling or info.need_top_p_sampling or info.need_min_p_sampling)
+        return cls(info.temperatures.view(-1), info.top_ks, info.top_ps, info.min_ps, need)
+
+
+def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Generator):
+    """K drafter DECODE steps on the shared KV: (tokens [B, K] int64, q [B, K, V] fp32). See module doc."""
+    from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
+
+    runner = drafter.runner
+    slots = draft_slots(runner.req_to_token_pool.req_to_token, batch.req_pool_indices, batch.seq_lens, k)
+    step = copy.copy(batch)
+    step.forward_mode, step.spec_info, step.return_logprob = ForwardMode.DECODE, None, False
+    step.return_hidden_states = False
+    token = batch.spec_info.bonus_tokens.to(torch.int64)
+    tokens, probs = [], []
+    for i in range(k):
+        _set_decode_step(step, batch, token, slots[i], i + 1)
+        step.capture_hidden_mode = CaptureHiddenMode.NULL
+        logits = drafter.forward(ForwardBatch.init_new(step, runner)).next_token_logits  # [B, V]
+        token, q = verify.draft_sample(logits, sampling.temperature, sampling.top_k, sampling.top_p,
+                                       sampling.min_p, gen, sampling.need_filter)
+        tokens.append(token)
+        probs.append(q)
+    return torch.stack(tokens, 1), torch.stack(probs, 1)
+
+
+def _set_decode_step(step, batch, token, slots, ahead: int) -> None:
+    """Fields of a DECODE batch whose current token sits at position seq_lens + ahead − 1."""
+    step.input_ids = token
+    step.out_cache_loc = slots
+    step.seq_lens = batch.seq_lens + ahead
+    step.orig_seq_lens = None if batch.orig_seq_lens is None else batch.orig_seq_lens + ahead
+    step.seq_lens_cpu = None if batch.seq_lens_cpu is None else batch.seq_lens_cpu + ahead
+    step.seq_lens_cpu_cache = None
+    if batch.seq_lens_sum is not None:
+        step.seq_lens_sum = batch.seq_lens_sum + ahead * len(batch.seq_lens)
+    elif step.seq_lens_cpu is not None:
+        step.seq_lens_sum = int(step.seq_lens_cpu.sum())
+    else:  # host sync: FlashInfer sizes its kv_indices from the sum
+        step.seq_lens_sum = int(step.seq_lens.sum().item())
+
+
+def chain_verify_input(worker, batch, draft_tokens: torch.Tensor, k: int):
+    """SGLang's EagleVerifyInput for the chain [x̂, d_0 .. d_{K-1}] (topk=1), as EagleDraftWorker.draft."""
+    from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode
+    from sglang.srt.speculative.eagle_info import EagleVerifyInput
+    from sglang.srt.speculative.eagle_utils import TreeMaskMode, build_tree_kernel_efficient
+
+    bs, device = batch.seq_lens.shape[0], batch.seq_lens.device
+    attn = worker.target_worker.model_runner.attn_backend
+    mask_buf, position_buf = attn.get_verify_buffers_to_fill_after_draft()
+    seq_lens_sum = batch.seq_lens_sum
+    if seq_lens_sum is None:
+        seq_lens_sum = bs * attn.max_context_len if mask_buf is None else 0
+    parents = torch.arange(-1, (k if k > 1 else 0) - 1, dtype=torch.long, device=device).repeat(bs, 1)
+    scores_index = torch.arange(k, dtype=torch.long, device=device).repeat(bs, 1)
+    bonus = batch.spec_info.bonus_tokens
+    mask, positions, r_index, r_next, r_sibling, flat_tokens = build_tree_kernel_efficient(
+        bonus, parents, scores_index, draft_tokens.to(bonus.dtype), batch.seq_lens, seq_lens_sum,
+        1, k, k + 1, TreeMaskMode.FULL_MASK, mask_buf, position_buf,
+    )
+    return EagleVerifyInput(
+        draft_token=flat_tokens, custom_mask=mask, positions=positions, retrieve_index=r_index,
+        retrieve_next_token=r_next, retrieve_next_sibling=r_sibling, retrieve_cum_len=None,
+        spec_steps=k, topk=1, draft_token_num=k + 1, capture_hidden_mode=CaptureHiddenMode.NULL,
+        seq_lens_sum=None, seq_lens_cpu=None,
+    )
+
+
+def target_verify(worker, batch, verify_input, k: int):
+    """The target's TARGET_VERIFY forward over K+1 positions (stock ``EAGLEWorkerV2.verify`` minus sampling).
+
+    Returns (ForwardBatchOutput, verify ForwardBatch, can_run_cuda_graph)."""
+    from sglang.srt.speculative.eagle_utils import eagle_prepare_for_verify
+    from sglang.srt.speculative.spec_utils import record_stream_each, record_stream_for_v2_verify
+
+    stream = torch.get_device_module(worker.device).current_stream()
+    batch.spec_info = verify_input
+    record_stream_for_v2_verify(batch, verify_input, stream)
+    verify_input.num_tokens_per_req = k + 1
+    with worker.plan_stream_ctx:
+        forward_batch, can_graph = eagle_prepare_for_verify(
+            verify_input, worker.req_to_token_pool, batch, worker.target_worker)
+    record_stream_each((batch.input_ids, batch.out_cache_loc), stream)
+    if worker.plan_stream:  # server_args.self_draft_env turns the plan stream off (pitfall 19)
+        stream.wait_stream(worker.plan_stream)
+    out = worker.target_worker.forward_batch_generation(batch=None, forward_batch=forward_batch, is_verify=True)
+    return out, forward_batch, can_graph
+
+
+class ForcedWarning:
+    """Rate-limited loud warning while ``ER_VERL_FORCE_ACCEPT`` is active (every round calls it)."""
+
+    def __init__(self, every_s: float = WARN_EVERY_S, clock=time.monotonic):
+        self.every_s, self.clock, self.last, self.rounds = every_s, clock, None, 0
+
+    def __call__(self, alpha: float) -> bool:
+        self.rounds += 1
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every_s:
+            return False
+        self.last = now
+        print(f"er_verl[scheduler]: WARNING {verify.FORCE_ACCEPT_ENV}={alpha}: draft acceptance is FORCED "
+              f"({self.rounds} rounds so far); outputs do NOT follow the model's distribution — systems "
+              "measurements only", flush=True)
+        return True
+
+
+def tag_forced(reqs, alpha: float, k: int) -> None:
+    """Tag each request's per-token ``customized_info`` (streamed to meta_info) with α, covering this round."""
+    for req in reqs:
+        info = req.customized_info if req.customized_info is not None else {}
+        req.customized_info = info
+        tag = info.setdefault(FORCED_TAG, [])
+        tag.extend([alpha] * max(0, len(req.output_ids) + k + 1 - len(tag)))
+
+
+def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, gen, alpha):
+    """(output_tokens [B, K+1], num_emitted [B]) by the exact sampler, or the forced one when α is set."""
+    bs, k = draft_tokens.shape
+    num_draft = torch.full((bs,), k, dtype=torch.int64, device=logits.device)
+    uniforms = torch.rand((bs, k), generator=gen, device=logits.device)
+    if alpha is None:
+        out, emitted, _ = verify.sample_round(logits, draft_probs, draft_tokens, num_draft, s.temperature,
+                                              s.top_k, s.top_p, s.min_p, uniforms, gen, s.need_filter)
+    else:
+        out, emitted, _ = verify.sample_round_forced(alpha, logits, draft_tokens, num_draft, s.temperature,
+                                                     s.top_k, s.top_p, s.min_p, uniforms, gen, s.need_filter)
+    return out, emitted
+
+
+def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None):
+    """Draft K, verify K+1, sample; returns SGLang's GenerationBatchResult for this decode batch."""
+    from sglang.srt.layers.utils.logprob import compute_spec_v2_logprobs
+    from sglang.srt.managers.scheduler import GenerationBatchResult
+    from sglang.srt.speculative.eagle_info import EagleDraftInput
+
+    s = SamplingTensors.of(batch.sampling_info)
+    seq_lens = batch.seq_lens
+    draft_tokens, draft_probs = draft_chain(worker.drafter, batch, k, s, gen)
+    out, forward_batch, can_graph = target_verify(worker, batch, chain_verify_input(worker, batch, draft_tokens, k), k)
+    logits_output = out.logits_output
+    logits = logits_output.next_token_logits.view(len(seq_lens), k + 1, -1)    # [B, K+1, V]
+    tokens, emitted = sample(logits, draft_tokens, draft_probs, s, gen, alpha)
+    fields = round_fields(tokens, emitted, seq_lens)
+    if batch.return_logprob:
+        compute_spec_v2_logprobs(batch, logits_output, fields.next_token_ids, accept_index(emitted, k), k)
+        logits_output.next_token_logprobs = verify.target_logprobs(logits, tokens, s.temperature, s.top_k)
+    return GenerationBatchResult(
+        logits_output=logits_output, next_token_ids=fields.next_token_ids, can_run_cuda_graph=can_graph,
+        speculative_num_draft_tokens=k + 1, next_draft_input=EagleDraftInput(bonus_tokens=fields.bonus_tokens),
+        accept_lens=fields.accept_lens, new_seq_lens=fields.new_seq_lens,
+        routed_experts_output=out.routed_experts_output, indexer_topk_output=out.indexer_topk_output,
+        extra_keep_alive_refs=[forward_batch],
+    )

@@ -1,0 +1,14 @@
+"""Shared by the engine GPU tests: a tiny random model built offline."""
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A tiny random Qwen2 (tied embeddings, vocab 512) with an offline BPE tokenizer."""
+    from er_verl.models.tiny import build_random_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny")
+    texts = [f"{i} plus {i + 1} is {2 * i + 1}. The quick brown fox jumps over the lazy dog." for i in range(3000)]
+    build_tokenizer(texts, 512, str(root / "tok"))
+    return build_random_model("tiny", str(root / "tok"), str(root / "model"), seed=0)

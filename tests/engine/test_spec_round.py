@@ -1,0 +1,194 @@
+"""CPU tests of the shared-KV round's bookkeeping (spec_round.py) and the forced-acceptance knob (verify.py)."""
+
+import types
+
+import pytest
+import torch
+
+from er_verl.engine import spec_round, verify
+
+
+def test_round_fields_layout_bonus_and_seq_lens():
+    out = torch.tensor([[5, 6, 7, -1], [9, -1, -1, -1], [1, 2, 3, 4]])  # K = 3
+    emitted = torch.tensor([3, 1, 4])
+    fields = spec_round.round_fields(out, emitted, torch.tensor([10, 20, 30]))
+    assert fields.next_token_ids.dtype == torch.int32
+    assert fields.next_token_ids.tolist() == [5, 6, 7, 0, 9, 0, 0, 0, 1, 2, 3, 4]
+    assert fields.accept_lens.tolist() == [3, 1, 4] and fields.accept_lens.dtype == torch.int32
+    assert fields.bonus_tokens.tolist() == [7, 9, 4]
+    assert fields.new_seq_lens.tolist() == [13, 21, 34]
+    stride = 4  # what _resolve_spec_v2_tokens slices with (speculative_num_draft_tokens = K+1)
+    ids = fields.next_token_ids.tolist()
+    assert [ids[i * stride:i * stride + n] for i, n in enumerate([3, 1, 4])] == [[5, 6, 7], [9], [1, 2, 3, 4]]
+
+
+def test_round_fields_from_sample_round_all_accept_and_all_reject():
+    vocab, k = 8, 2
+    logits = torch.full((2, k + 1, vocab), -30.0)
+    logits[:, :, 3] = 30.0  # target is (numerically) one-hot on 3
+    drafts = torch.tensor([[3, 3], [4, 3]])
+    q = torch.nn.functional.one_hot(drafts, vocab).float()
+    ones = torch.ones(2)
+    out, emitted, _ = verify.sample_round(
+        logits, q, drafts, torch.tensor([k, k]), ones, torch.full((2,), -1), ones, torch.zeros(2),
+        torch.rand(2, k), torch.Generator().manual_seed(0))
+    fields = spec_round.round_fields(out, emitted, torch.tensor([4, 4]))
+    assert fields.accept_lens.tolist() == [3, 1]  # all accepted + bonus; first rejected → recovered
+    assert fields.bonus_tokens.tolist() == [3, 3]
+    assert fields.new_seq_lens.tolist() == [7, 5]
+
+
+def test_accept_index_is_stock_layout():
+    idx = spec_round.accept_index(torch.tensor([2, 3, 1]), 2)
+    assert idx.tolist() == [[0, 1, -1], [3, 4, 5], [6, -1, -1]]
+
+
+def test_draft_slots_reads_the_positions_after_seq_len():
+    req_to_token = torch.arange(40, dtype=torch.int32).view(4, 10) + 100
+    slots = spec_round.draft_slots(req_to_token, torch.tensor([2, 0]), torch.tensor([3, 7]), 2)
+    assert slots.tolist() == [[123, 107], [124, 108]]  # [K, B]
+
+
+def test_forced_k_from_env():
+    assert spec_round.forced_k_from_env(3, {}) == 0
+    assert spec_round.forced_k_from_env(3, {"ER_VERL_SPEC_K": "3"}) == 3
+    for bad in ("4", "-1", "x"):
+        with pytest.raises(ValueError, match="ER_VERL_SPEC_K"):
+            spec_round.forced_k_from_env(3, {"ER_VERL_SPEC_K": bad})
+
+
+def test_forced_accept_alpha_is_off_by_default_and_validated():
+    assert verify.forced_accept_alpha({}) is None
+    assert verify.forced_accept_alpha({"ER_VERL_FORCE_ACCEPT": "0.9"}) == 0.9
+    for bad in ("1.5", "nan", "yes"):
+        with pytest.raises(ValueError, match="ER_VERL_FORCE_ACCEPT"):
+            verify.forced_accept_alpha({"ER_VERL_FORCE_ACCEPT": bad})
+
+
+@pytest.mark.parametrize("alpha,k", [(0.9, 3), (0.6, 5), (0.0, 2), (1.0, 4)])
+def test_forced_round_mean_emitted_is_expected_length(alpha, k):
+    gen = torch.Generator().manual_seed(1)
+    batch, vocab = 20000, 16
+    logits = torch.randn(batch, k + 1, vocab, generator=gen)
+    drafts = torch.randint(0, vocab, (batch, k), generator=gen)
+    ones = torch.ones(batch)
+    out, emitted, accepted = verify.sample_round_forced(
+        alpha, logits, drafts, torch.full((batch,), k), ones, torch.full((batch,), -1), ones, torch.zeros(batch),
+        torch.rand(batch, k, generator=gen), gen)
+    expected = k + 1 if alpha == 1.0 else (1 - alpha ** (k + 1)) / (1 - alpha)
+    assert emitted.float().mean().item() == pytest.approx(expected, abs=0.05)
+    n = accepted[:, None]
+    pos = torch.arange(k + 1)[None]
+    assert torch.equal(torch.where(pos < n, out, 0), torch.where(pos < n, torch.cat([drafts, drafts[:, :1]], 1), 0))
+    assert bool(((out >= 0) == (pos <= n)).all())
+
+
+def test_forced_warning_is_rate_limited():
+    now = [0.0]
+    warn = spec_round.ForcedWarning(every_s=5.0, clock=lambda: now[0])
+    fired = []
+    for t in (0.0, 1.0, 4.9, 5.1, 6.0, 10.2):
+        now[0] = t
+        fired.append(warn(0.9))
+    assert fired == [True, False, False, True, False, True] and warn.rounds == 6
+
+
+def test_tag_forced_covers_every_emitted_token():
+    req = types.SimpleNamespace(customized_info=None, output_ids=[1, 2, 3])
+    spec_round.tag_forced([req], 0.8, 2)
+    assert req.customized_info[spec_round.FORCED_TAG] == [0.8] * 6
+    req.output_ids += [4, 5]
+    spec_round.tag_forced([req], 0.8, 2)
+    assert len(req.customized_info[spec_round.FORCED_TAG]) == 8
+
+
+class FakeDrafter:
+    """Records each draft step's batch; logits favour token (step + 1) so the chain is predictable."""
+
+    def __init__(self, vocab):
+        self.vocab, self.steps = vocab, []
+        self.runner = types.SimpleNamespace(
+            req_to_token_pool=types.SimpleNamespace(req_to_token=torch.arange(64, dtype=torch.int32).view(2, 32)))
+
+    def forward(self, step):
+        self.steps.append(step)
+        logits = torch.full((len(step.seq_lens), self.vocab), -1e4)
+        logits[:, len(self.steps)] = 0.0
+        return types.SimpleNamespace(next_token_logits=logits)
+
+
+def test_draft_chain_feeds_bonus_then_drafts_at_consecutive_positions(monkeypatch):
+    from sglang.srt.model_executor import forward_batch_info as fbi
+
+    monkeypatch.setattr(fbi.ForwardBatch, "init_new", classmethod(
+        lambda cls, b, runner: types.SimpleNamespace(**{f: getattr(b, f) for f in (
+            "input_ids", "out_cache_loc", "seq_lens", "seq_lens_cpu", "seq_lens_sum", "forward_mode", "spec_info")})))
+    drafter = FakeDrafter(vocab=8)
+    batch = types.SimpleNamespace(
+        seq_lens=torch.tensor([3, 5]), seq_lens_cpu=torch.tensor([3, 5]), seq_lens_sum=8, orig_seq_lens=None,
+        req_pool_indices=torch.tensor([1, 0]), spec_info=types.SimpleNamespace(bonus_tokens=torch.tensor([7, 6])),
+        forward_mode="TARGET_VERIFY", return_logprob=True, capture_hidden_mode=None)
+    ones = torch.ones(2)
+    sampling = spec_round.SamplingTensors(ones, torch.ones(2, dtype=torch.int64), ones, torch.zeros(2), False)
+    tokens, q = spec_round.draft_chain(drafter, batch, 3, sampling, torch.Generator().manual_seed(0))
+    assert tokens.tolist() == [[1, 2, 3], [1, 2, 3]] and q.shape == (2, 3, 8)
+    steps = drafter.steps
+    assert [s.input_ids.tolist() for s in steps] == [[7, 6], [1, 1], [2, 2]]
+    assert [s.out_cache_loc.tolist() for s in steps] == [[35, 5], [36, 6], [37, 7]]  # req_to_token[r, n+i]
+    assert [s.seq_lens.tolist() for s in steps] == [[4, 6], [5, 7], [6, 8]]
+    assert [s.seq_lens_sum for s in steps] == [10, 12, 14]
+    assert all(s.spec_info is None and s.forward_mode.is_decode() for s in steps)
+    assert batch.seq_lens.tolist() == [3, 5] and batch.forward_mode == "TARGET_VERIFY"  # caller's batch untouched
+
+
+def _batch(**over):
+    info = types.SimpleNamespace(acc_additive_penalties=None, acc_scaling_penalties=None, logit_bias=None)
+    fields = dict(forward_mode=types.SimpleNamespace(is_idle=lambda: False), has_grammar=False, sampling_info=info,
+                  spec_info=types.SimpleNamespace(bonus_tokens=torch.tensor([1])))
+    fields.update(over)
+    return types.SimpleNamespace(**fields)
+
+
+def test_round_k_routes_unsupported_batches_to_plain_decoding():
+    from er_verl.engine.worker import SelfSpecWorkerV2
+
+    me = types.SimpleNamespace(forced_k=3, speculation_ready=True)
+    assert SelfSpecWorkerV2.round_k(me, _batch()) == 3
+    assert SelfSpecWorkerV2.round_k(me, _batch(has_grammar=True)) == 0
+    assert SelfSpecWorkerV2.round_k(me, _batch(spec_info=None)) == 0
+    penalised = _batch()
+    penalised.sampling_info.logit_bias = torch.zeros(1, 8)
+    assert SelfSpecWorkerV2.round_k(me, penalised) == 0
+    assert SelfSpecWorkerV2.round_k(types.SimpleNamespace(forced_k=3, speculation_ready=False), _batch()) == 0
+    assert SelfSpecWorkerV2.round_k(types.SimpleNamespace(forced_k=0, speculation_ready=True), _batch()) == 0
+
+
+def test_mixin_routes_decode_by_round_k_and_counts_both_kinds():
+    from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
+
+    class Stock:
+        def forward_batch_generation(self, batch, on_publish=None):
+            return types.SimpleNamespace(kind="plain", can_run_cuda_graph=True)
+
+    class Worker(SelfSpecMixin, Stock):
+        def __init__(self, k):
+            self.k, self.used, self.decode_stats = k, [], DecodeStats()
+            drafter = types.SimpleNamespace(ready=True, is_dirty=False, refresh=lambda model: True)
+            self._draft_worker = types.SimpleNamespace(drafter=drafter)
+            self.target_worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(model=None))
+
+        def round_k(self, batch):
+            return self.k
+
+        def use_k(self, k):
+            self.used.append(k)
+
+        def speculative_round(self, batch, k, on_publish=None):
+            return types.SimpleNamespace(kind=f"spec{k}", can_run_cuda_graph=False)
+
+    mode = types.SimpleNamespace(is_extend=lambda: False)
+    decode = types.SimpleNamespace(forward_mode=mode, is_extend_in_batch=False)
+    assert Worker(0).forward_batch_generation(decode).kind == "plain"
+    worker = Worker(3)
+    assert worker.forward_batch_generation(decode).kind == "spec3" and worker.used == [3]
+    assert (worker.decode_stats.decode_steps, worker.decode_stats.graph_steps) == (1, 0)

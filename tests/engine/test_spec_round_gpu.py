@@ -1,0 +1,124 @@
+"""The shared-KV self-speculative round inside a real sglang.Engine (CUDA only), tiny random Qwen2.
+
+Each test launches its own engines (plain SGLang vs er_verl with ``ER_VERL_SPEC_K`` forced on):
+(a) greedy output equals plain greedy token for token; (b) with ``ER_VERL_FORCE_ACCEPT=0.9`` the mean
+tokens per round is E(K) = (1 − α^(K+1)) / (1 − α); (c) on a model with peaked logits (embeddings,
+tied to the lm_head, scaled up) the sampled next-token distribution equals plain decoding's
+(two-sample chi-square). The first engine boot on a fresh host JIT-compiles kernels (minutes).
+"""
+
+import os
+
+import pytest
+import torch
+
+from engine_env import environ
+
+from er_verl.config import EfficientConfig
+from er_verl.engine.server_args import self_draft_env, self_draft_server_args
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+KMAX = 3
+# As test_drafter_gpu.py: flashinfer, small decode graphs, no prefill graphs (boot time on a fresh host).
+ENGINE_KW = dict(
+    mem_fraction_static=0.3, log_level="error", attention_backend="flashinfer", cuda_graph_max_bs_decode=8,
+    disable_prefill_cuda_graph=True, random_seed=0,
+)
+
+
+PROMPTS = [[5, 6, 7, 8], [11, 12, 13], [40, 41, 42, 43, 44, 45], [100, 7, 300]]
+
+
+@pytest.fixture(scope="module")
+def peaked_model_path(model_path, tmp_path_factory):
+    """The tiny model with its (tied) embeddings ×SCALE: logits ~×SCALE, so a few tokens dominate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = str(tmp_path_factory.mktemp("peaked") / "model")
+    model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.bfloat16)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(float(os.environ.get("ER_VERL_TEST_PEAK", "6")))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_path).save_pretrained(out)
+    return out
+
+
+def generate(path, prompts, sampling, spec_k=None, alpha=None):
+    """Outputs of one engine: plain SGLang (spec_k None) or er_verl speculating with K = spec_k."""
+    import sglang
+
+    if spec_k is None:
+        with environ(ER_VERL_ENGINE=None, ER_VERL_SELF_DRAFT=None):
+            engine = sglang.Engine(model_path=path, **ENGINE_KW)
+    else:
+        args = self_draft_server_args(EfficientConfig(max_draft_len=KMAX), path)
+        force = None if alpha is None else str(alpha)
+        with environ(ER_VERL_ENGINE="1", ER_VERL_FORCE_ACCEPT=force, **self_draft_env(spec_k)):
+            engine = sglang.Engine(model_path=path, **{**ENGINE_KW, **args})
+    try:
+        return engine.generate(input_ids=prompts, sampling_params=sampling)
+    finally:
+        engine.shutdown()
+
+
+def tokens_per_round(outputs) -> float:
+    """(generated tokens − the prefill's one) / verify rounds, summed over requests."""
+    rounds = sum(o["meta_info"]["spec_verify_ct"] for o in outputs)
+    tokens = sum(o["meta_info"]["completion_tokens"] - 1 for o in outputs)
+    return tokens / max(rounds, 1)
+
+
+def test_greedy_equals_plain_greedy(model_path):
+    sampling = {"max_new_tokens": 48, "temperature": 0.0, "ignore_eos": True}
+    plain = generate(model_path, PROMPTS, sampling)
+    ours = generate(model_path, PROMPTS, sampling, spec_k=KMAX)
+    for i, (p, o) in enumerate(zip(plain, ours)):
+        want, got = p["output_ids"], o["output_ids"]
+        first = next((j for j, (a, b) in enumerate(zip(want, got)) if a != b), None)
+        assert want == got, (
+            f"prompt {i}: first difference at token {first}: plain {want[first:first + 4]}, ours {got[first:first + 4]}")
+    print(f"greedy: {tokens_per_round(ours):.2f} tokens per round at K={KMAX}")
+    assert all(o["meta_info"]["spec_verify_ct"] > 0 for o in ours), "no speculative rounds ran"
+
+
+@pytest.mark.parametrize("alpha", [0.9])
+def test_forced_acceptance_gives_expected_length(model_path, alpha):
+    sampling = {"max_new_tokens": 256, "temperature": 1.0, "ignore_eos": True}
+    ours = generate(model_path, PROMPTS * 2, sampling, spec_k=KMAX, alpha=alpha)
+    expected = (1 - alpha ** (KMAX + 1)) / (1 - alpha)
+    got = tokens_per_round(ours)
+    print(f"forced α={alpha}, K={KMAX}: {got:.3f} tokens per round, E(K) = {expected:.3f}; "
+          f"meta keys {sorted(ours[0]['meta_info'])}")
+    assert got == pytest.approx(expected, abs=0.2)
+
+
+def test_next_token_distribution_equals_plain(peaked_model_path):
+    """Tokens 2..4 (made by speculative rounds) have plain decoding's distribution (chi-square, p > 1e-3)."""
+    from scipy.stats import chi2_contingency
+
+    n = int(os.environ.get("ER_VERL_TEST_DRAWS", "4000"))
+    sampling = {"max_new_tokens": 4, "temperature": 1.0, "ignore_eos": True}
+    plain = generate(peaked_model_path, [PROMPTS[0]] * n, sampling)
+    ours = generate(peaked_model_path, [PROMPTS[0]] * n, sampling, spec_k=KMAX)
+    print(f"peaked model: {tokens_per_round(ours):.2f} tokens per round at K={KMAX}")
+    for pos in (1, 2, 3):
+        table = contingency([o["output_ids"][pos] for o in plain], [o["output_ids"][pos] for o in ours])
+        p_value = chi2_contingency(table)[1]
+        print(f"token {pos + 1}: {table.shape[1]} cells, p = {p_value:.4f}")
+        assert p_value > 1e-3, f"token {pos + 1}: speculative and plain distributions differ (p = {p_value:.2e})"
+
+
+def contingency(a: list, b: list, min_count: int = 5):
+    """2 × cells count table; tokens seen fewer than ``min_count`` times in total are pooled into one cell."""
+    import numpy as np
+    from collections import Counter
+
+    ca, cb = Counter(a), Counter(b)
+    common = [t for t in set(ca) | set(cb) if ca[t] + cb[t] >= min_count]
+    rows = [[c[t] for t in common] + [sum(v for t, v in c.items() if t not in common)] for c in (ca, cb)]
+    table = np.array(rows)
+    return table[:, table.sum(0) > 0]
