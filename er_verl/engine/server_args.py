@@ -64,11 +64,54 @@ def check_self_draft_model(model_path: str) -> None:
         )
 
 
+def linear_shards(config: dict, tp_size: int = 1) -> dict[str, tuple[int, int]]:
+    """[N_out, K_in] of each Linear of one decoder layer as SGLang shards it over ``tp_size`` ranks
+    (qkv and gate_up merged, column-parallel; o and down row-parallel)."""
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    kv_heads = config.get("num_key_value_heads", heads)
+    inter = config["intermediate_size"]
+    return {
+        "qkv_proj": ((heads + 2 * kv_heads) * head_dim // tp_size, hidden),
+        "o_proj": (hidden, heads * head_dim // tp_size),
+        "gate_up_proj": (2 * inter // tp_size, hidden),
+        "down_proj": (hidden, inter // tp_size),
+    }
+
+
+def check_int4_shapes(model_path: str, tp_size: int = 1) -> None:
+    """Raise ValueError, at launch, when a Linear shard of the model cannot run as AWQ-Marlin int4.
+
+    Without this, SGLang would fall back to plain AWQ for such a layer silently (seams §b1), and the
+    in-place requant would refuse the layer later, in the middle of a rollout.
+    """
+    from er_verl.draft.quantize import check_marlin_shape
+
+    path = os.path.join(model_path, "config.json")
+    if not os.path.isfile(path):
+        return  # a hub id: SGLang reads the config; the drafter's requant names the layer if it fails
+    with open(path) as f:
+        config = json.load(f)
+    if not all(key in config for key in ("hidden_size", "num_attention_heads", "intermediate_size")):
+        return  # not a dense decoder config this check understands; SGLang validates it at load
+    for name, (n, k) in linear_shards(config, tp_size).items():
+        try:
+            check_marlin_shape(n, k, 128)
+        except ValueError as err:
+            raise ValueError(
+                f"the int4 drafter cannot quantize {name} of {model_path} at tensor_model_parallel_size="
+                f"{tp_size} ([N_out, K_in] = [{n}, {k}]: {err}); set actor_rollout_ref.rollout.custom."
+                "efficient.drafter=fp8, or speculate=False to decode plainly."
+            ) from None
+
+
 def self_draft_server_args(
-    cfg: EfficientConfig, model_path: str, max_running_requests: Optional[int] = None
+    cfg: EfficientConfig, model_path: str, max_running_requests: Optional[int] = None, tp_size: int = 1
 ) -> dict[str, Any]:
     """Extra ServerArgs kwargs that turn on the self-drafter for ``model_path`` (module docstring)."""
     check_self_draft_model(model_path)
+    if cfg.drafter == "int4":
+        check_int4_shapes(model_path, tp_size)
     args: dict[str, Any] = {
         "speculative_algorithm": "STANDALONE",
         "speculative_draft_model_path": None,

@@ -64,3 +64,44 @@ def test_module_imports_no_sglang():
     code = "import sys, er_verl.engine.server_args, er_verl.engine.plugin; print(any(m.startswith('sglang') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _write_config(tmp_path, **overrides):
+    import json
+
+    from er_verl.models.tiny import SHAPES
+
+    config = {**SHAPES["qwen2.5-0.5b"], "architectures": ["Qwen2ForCausalLM"], **overrides}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return str(tmp_path)
+
+
+def test_qwen_shapes_pass_the_int4_check(tmp_path):
+    from er_verl.engine.server_args import check_int4_shapes, linear_shards
+    from er_verl.models.tiny import SHAPES
+
+    check_int4_shapes(_write_config(tmp_path), tp_size=1)
+    qwen3 = tmp_path / "qwen3"
+    qwen3.mkdir()
+    check_int4_shapes(_write_config(qwen3, **SHAPES["qwen3-8b"]), tp_size=2)
+    assert linear_shards(SHAPES["qwen2.5-0.5b"]) == {
+        "qkv_proj": (1152, 896), "o_proj": (896, 896), "gate_up_proj": (9728, 896), "down_proj": (896, 4864),
+    }
+    assert linear_shards(SHAPES["qwen3-8b"], 2)["qkv_proj"] == (3072, 4096)
+
+
+@pytest.mark.parametrize(
+    "overrides,tp,needle",
+    [
+        ({"hidden_size": 960, "num_attention_heads": 15}, 1, r"qkv_proj .*\[N_out, K_in\] = \[1216, 960\]: K_in"),
+        ({"intermediate_size": 4800}, 1, r"down_proj .*\[896, 4800\]: K_in"),
+        # Qwen2.5-0.5B at TP 2: o_proj's input shard is 448 wide (found writing this test)
+        ({}, 2, r"o_proj .*tensor_model_parallel_size=2 .*\[896, 448\]: K_in"),
+        ({}, 4, r"qkv_proj .*tensor_model_parallel_size=4 .*\[288, 896\]: N_out"),
+    ],
+)
+def test_shapes_marlin_rejects_are_refused_at_launch_with_what_to_do(tmp_path, overrides, tp, needle):
+    path = _write_config(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=needle + r".*drafter=fp8, or speculate=False"):
+        self_draft_server_args(EfficientConfig(), path, tp_size=tp)
+    self_draft_server_args(EfficientConfig(drafter="fp8"), path, tp_size=tp)  # fp8 has no such limit
