@@ -24,10 +24,13 @@ words (transposed, [G, BLOCK_N/8] of qweight_awq), BLOCK_N scales and BLOCK_N/8 
 is read twice and no intermediate touches memory; `awq_marlin_repack` (SGLang's CUDA kernel) then
 turns the AWQ words into Marlin tiles in one more pass over K·N/2 bytes.
 
-Measured on an H200 (bf16 w, 36 layers of Qwen3-8B shapes, CUDA events): the kernel 14.8 ms
-(~1.0-1.1 TB/s of bf16 read); kernel + repack into the live buffers (`requantize_marlin_`) 32.3 ms
-against 293 ms for the torch path, bit-identical. SGLang's repack is ~17 ms of that (~0.4 TB/s):
-writing the Marlin tile layout from this kernel directly is the next step.
+Measured on an H200 (bf16 w, 36 layers of Qwen3-8B shapes, CUDA events), 2026-11-25, two runs:
+a kernel-level check with only SGLang's jit_kernel importable gave the kernel 14.8 ms (~1.0-1.1 TB/s
+of bf16 read) and kernel + repack (`requantize_marlin_`) 32.3 ms, against 293 ms for the torch path;
+the full-bundle run of ``python -m er_verl.bench.requant --check`` through ``marlin.requantize_linear_``
+on real SGLang layers gave 43.6 ms (results/issue3_requant_8b_fused_h200.json). SGLang's repack is
+~17 ms of the first figure (~0.4 TB/s): writing the Marlin tile layout from this kernel directly is
+the next step.
 
 Bit-exactness with `quantize.rtn_int4` (+ `pack_awq`, `marlin_*`) on the same device:
 

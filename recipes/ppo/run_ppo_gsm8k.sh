@@ -20,34 +20,8 @@
 # Arguments: extra Hydra overrides, passed last (so they win).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-MODEL=${MODEL:-Qwen/Qwen2.5-0.5B-Instruct}
-CRITIC_MODEL=${CRITIC_MODEL:-$MODEL}
-DATA_DIR=${DATA_DIR:-$HOME/data/gsm8k}
-GSM8K_SRC=${GSM8K_SRC:-$DATA_DIR}
-ROLLOUT=${ROLLOUT:-efficient_sglang}
-NGPUS=${NGPUS:-1}
-PY=${PYTHON:-python3}
-
-case "$ROLLOUT" in
-  efficient_sglang) AGENT_LOOP=efficient_single_turn_agent ;;
-  # verl's sglang backend never reads rollout.custom, so custom.efficient can stay in the config.
-  sglang) AGENT_LOOP=single_turn_agent ;;
-  *) echo "ROLLOUT=$ROLLOUT is not supported here: use efficient_sglang or sglang." >&2; exit 2 ;;
-esac
-
-if [ ! -f "$DATA_DIR/train.parquet" ] || [ ! -f "$DATA_DIR/test.parquet" ]; then
-  if [ ! -f "$GSM8K_SRC/train.jsonl" ] || [ ! -f "$GSM8K_SRC/test.jsonl" ]; then
-    echo "No train.parquet/test.parquet in DATA_DIR=$DATA_DIR, and no train.jsonl/test.jsonl in" \
-      "GSM8K_SRC=$GSM8K_SRC to make them from. Point GSM8K_SRC at a GSM8K jsonl folder, or make the" \
-      "parquet with verl's examples/data_preprocess/gsm8k.py --local_save_dir \$DATA_DIR." >&2
-    exit 2
-  fi
-  $PY -m er_verl.cli prepare-gsm8k --src "$GSM8K_SRC" --out "$DATA_DIR" >&2
-fi
-# verl reads these in Ray workers: absolute paths do not depend on their working directory.
-DATA_DIR=$(cd "$DATA_DIR" && pwd)
-if [ -d "$MODEL" ]; then MODEL=$(cd "$MODEL" && pwd); fi
-if [ -d "$CRITIC_MODEL" ]; then CRITIC_MODEL=$(cd "$CRITIC_MODEL" && pwd); fi
+source "$HERE/../common/gsm8k_env.sh"
+CRITIC_MODEL=$(absolute_if_dir "${CRITIC_MODEL:-$MODEL}")
 
 cmd=($PY -m verl.trainer.main_ppo --config-path="$HERE/config" --config-name=ppo_gsm8k
   data.train_files="$DATA_DIR/train.parquet"
@@ -60,8 +34,4 @@ cmd=($PY -m verl.trainer.main_ppo --config-path="$HERE/config" --config-name=ppo
   trainer.experiment_name="$(basename "$MODEL")_$ROLLOUT"
   "$@")
 
-if [ "${DRY_RUN:-0}" = 1 ]; then
-  printf '%s\n' "${cmd[@]}"
-else
-  exec "${cmd[@]}"
-fi
+run_or_print "${cmd[@]}"
