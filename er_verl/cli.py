@@ -3,6 +3,7 @@
     er-verl prepare-gsm8k --src DIR --out DIR      GSM8K jsonl → verl parquet
     er-verl make-model --shape S --out DIR        offline tokenizer + random-init model
     er-verl simulate ...                          rollout latency with/without speculation (CPU)
+    er-verl bench decode ...                      decode tokens/s: plain vs stock STANDALONE vs ours (GPU)
 """
 
 import argparse
@@ -54,7 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("simulate", help="predict rollout latency with and without speculation (CPU)")
         simulate.add_arguments(p)
         p.set_defaults(func=simulate.main)
+    from er_verl.bench import decode
+
+    p = sub.add_parser("bench", help="GPU benchmarks")
+    bench = p.add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("decode", help="decode tokens/s: plain SGLang vs stock STANDALONE (fp8) vs er_verl")
+    decode.add_arguments(p)
+    p.set_defaults(func=_bench_decode, parser=p)
     return parser
+
+
+def _bench_decode(args) -> int:
+    from er_verl.bench import decode
+
+    argv = sys.argv[3:] if sys.argv[1:3] == ["bench", "decode"] else []
+    return decode.execute(decode.normalize(args.parser, args), argv)
 
 
 def main(argv=None) -> int:

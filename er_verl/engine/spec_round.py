@@ -19,8 +19,9 @@ are slots the scheduler already allocated for this round (``alloc_len_per_decode
    into the ``GenerationBatchResult`` fields ``_resolve_spec_v2_tokens`` reads.
 
 Not handled here (the worker routes such batches to K=0): grammars, penalties / logit bias, idle
-batches. Per-request sampling seeds are not honoured (one generator per worker). Draft steps run eagerly
-(no CUDA graph yet); the verify pass uses SGLang's captured TARGET_VERIFY graphs. TP > 1: every rank
+batches. Per-request sampling seeds are not honoured (one generator per worker). Each draft step replays the
+draft runner's DECODE CUDA graph for its batch size (``worker.SelfDraftWorker.capture_decode_graphs``;
+sampling between steps is eager); the verify pass replays SGLang's TARGET_VERIFY graph for K+1 tokens. TP > 1: every rank
 samples with an identically seeded generator from its (all-gathered) logits; unlike stock ``eagle_sample``
 nothing is broadcast from rank 0 (unverified). Memory: q is kept as [B, K, V] fp32 (large at big B·V).
 """
@@ -92,6 +93,44 @@ def forced_k_from_env(kmax: int, environ=None) -> int:
     return int(raw)
 
 
+K_PARAM = "er_k"                    # custom_params key: this request's draft length (0..Kmax)
+ALPHA_PARAM = "er_force_alpha"      # custom_params key: forced α, honoured only with ER_VERL_FORCE_ACCEPT set
+
+
+def request_k(custom_params, kmax: int):
+    """This request's K from ``custom_params[K_PARAM]``: None when absent; ValueError outside 0..Kmax."""
+    raw = (custom_params or {}).get(K_PARAM)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= kmax:
+        raise ValueError(f"custom_params[{K_PARAM!r}]={raw!r}: expected an integer draft length from 0 to Kmax={kmax}")
+    return raw
+
+
+def batch_k(params: list, default_k: int, kmax: int) -> int:
+    """One K for the whole batch: the smallest any request asks for (requests without ``er_k`` ask for
+    ``default_k``), so no request drafts further than it wanted. Per-request K inside one round comes
+    with the controller."""
+    ks = [request_k(p, kmax) for p in params]
+    return min((default_k if k is None else k) for k in ks) if ks else default_k
+
+
+def batch_alpha(params: list, default_alpha):
+    """Forced α for this batch: None (exact sampling) unless the launch opted in (``default_alpha`` set);
+    then a float, or a [B, 1]-shaped list when requests override it with ``er_force_alpha``."""
+    if default_alpha is None:
+        return None
+    alphas = []
+    for p in params:
+        raw = (p or {}).get(ALPHA_PARAM, default_alpha)
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0.0 <= raw <= 1.0:
+            raise ValueError(f"custom_params[{ALPHA_PARAM!r}]={raw!r}: expected a probability in [0, 1]")
+        alphas.append(float(raw))
+    if all(a == alphas[0] for a in alphas):
+        return alphas[0] if alphas else default_alpha
+    return [[a] for a in alphas]
+
+
 @dataclass
 class SamplingTensors:
     temperature: torch.Tensor  # [B]
@@ -111,10 +150,13 @@ def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Ge
     """K drafter DECODE steps on the shared KV: (tokens [B, K] int64, q [B, K, V] fp32). See module doc."""
     from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
 
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
     runner = drafter.runner
     slots = draft_slots(runner.req_to_token_pool.req_to_token, batch.req_pool_indices, batch.seq_lens, k)
     step = copy.copy(batch)
     step.forward_mode, step.spec_info, step.return_logprob = ForwardMode.DECODE, None, False
+    step.spec_algorithm = SpeculativeAlgorithm.NONE  # a plain decode batch: replays the drafter's decode graph
     step.return_hidden_states = False
     token = batch.spec_info.bonus_tokens.to(torch.int64)
     tokens, probs = [], []
@@ -205,19 +247,23 @@ class ForcedWarning:
         if self.last is not None and now - self.last < self.every_s:
             return False
         self.last = now
+        if isinstance(alpha, list):
+            alpha = sorted({a[0] for a in alpha})
         print(f"er_verl[scheduler]: WARNING {verify.FORCE_ACCEPT_ENV}={alpha}: draft acceptance is FORCED "
               f"({self.rounds} rounds so far); outputs do NOT follow the model's distribution — systems "
               "measurements only", flush=True)
         return True
 
 
-def tag_forced(reqs, alpha: float, k: int) -> None:
-    """Tag each request's per-token ``customized_info`` (streamed to meta_info) with α, covering this round."""
-    for req in reqs:
+def tag_forced(reqs, alpha, k: int) -> None:
+    """Tag each request's per-token ``customized_info`` (streamed to meta_info) with its α (a float, or
+    ``batch_alpha``'s per-request [[α], ...]), covering this round."""
+    for i, req in enumerate(reqs):
+        a = alpha[i][0] if isinstance(alpha, list) else alpha
         info = req.customized_info if req.customized_info is not None else {}
         req.customized_info = info
         tag = info.setdefault(FORCED_TAG, [])
-        tag.extend([alpha] * max(0, len(req.output_ids) + k + 1 - len(tag)))
+        tag.extend([a] * max(0, len(req.output_ids) + k + 1 - len(tag)))
 
 
 def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, gen, alpha):
@@ -229,6 +275,8 @@ def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, 
         out, emitted, _ = verify.sample_round(logits, draft_probs, draft_tokens, num_draft, s.temperature,
                                               s.top_k, s.top_p, s.min_p, uniforms, gen, s.need_filter)
     else:
+        if isinstance(alpha, list):
+            alpha = torch.tensor(alpha, dtype=torch.float32, device=logits.device)  # [B, 1]
         out, emitted, _ = verify.sample_round_forced(alpha, logits, draft_tokens, num_draft, s.temperature,
                                                      s.top_k, s.top_p, s.min_p, uniforms, gen, s.need_filter)
     return out, emitted

@@ -78,8 +78,33 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         self.draft_runner.draft_attn_backend = None
 
     def _capture_cuda_graphs(self):
+        """No stock multi-step draft / draft-extend graphs (also called once per adaptive runtime state)."""
         self.cuda_graph_runner = None
         self.cuda_graph_runner_for_draft_extend = None
+
+    def init_cuda_graphs(self, *args, **kwargs):
+        """Stock init (the draft runner gets only its eager runner), then :meth:`capture_decode_graphs`."""
+        super().init_cuda_graphs(*args, **kwargs)
+        self.capture_decode_graphs()
+
+    def capture_decode_graphs(self) -> None:
+        """SGLang's own DecodeCudaGraphRunner on the draft runner, captured as for a non-speculative model
+        (one token per request): every draft step of ``spec_round.draft_chain`` then replays the graph
+        for its batch size. The graphs read the drafter's int4 buffers, which requant rewrites in place.
+        The runner is shown ``spec_algorithm`` NONE only while capturing (a speculative runner would
+        capture TARGET_VERIFY graphs); draft steps are plain DECODE batches with ``spec_info`` None."""
+        from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+        runner = self.draft_runner
+        saved = runner.spec_algorithm
+        runner.spec_algorithm = SpeculativeAlgorithm.NONE
+        try:
+            runner.init_decode_cuda_graph()
+        finally:
+            runner.spec_algorithm = saved
+        graphs = runner.decode_cuda_graph_runner
+        print(f"er_verl[scheduler]: drafter decode CUDA graphs for bs {getattr(graphs, 'capture_bs', None)}",
+              flush=True)
 
     def _draft_extend_for_prefill(self, batch, target_hidden_states, next_token_ids, mm_input_embeds=None):
         """No draft prefill (it would overwrite the shared KV): the next round starts from the bonus token."""
@@ -104,10 +129,12 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
 class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
     """STANDALONE worker with a KV-sharing self-drafter: K=0 plain steps or shared-KV speculative rounds.
 
-    ``runtime_states`` holds SGLang runtime states by K: the launch state (target verify graphs for
-    Kmax+1 tokens), the 1-token state (``build_adaptive_runtime_state(0, 1)``) and one for
-    ``forced_k`` (``ER_VERL_SPEC_K``) when it is neither. ``ER_VERL_FORCE_ACCEPT=α`` replaces the exact
-    test by coin flips (``verify.sample_round_forced``; systems measurements only, warned and tagged).
+    ``runtime_states`` holds one SGLang runtime state per K in 0..Kmax: the launch state (target verify
+    graphs for Kmax+1 tokens) and ``build_adaptive_runtime_state(K, K+1)`` for the others (K = 0: a
+    1-token verify, i.e. a plain target step). K per batch: ``ER_VERL_SPEC_K`` by default, or the
+    smallest ``custom_params["er_k"]`` of its requests. ``ER_VERL_FORCE_ACCEPT=α`` replaces the exact
+    test by coin flips (``verify.sample_round_forced``; systems measurements only, warned and tagged);
+    only with it set may requests choose their own α (``custom_params["er_force_alpha"]``).
     """
 
     def __init__(self, *args, **kwargs):
@@ -120,6 +147,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.speculative_num_steps_max = self.speculative_num_steps  # Kmax (the launch state)
         self.forced_k = spec_round.forced_k_from_env(self.speculative_num_steps)
         self.force_alpha = verify.forced_accept_alpha()
+        self.batch_alpha = self.force_alpha  # this batch's α (per-request overrides), set by on_batch
+        self.bad_params_warned = False
         self.forced_warning = spec_round.ForcedWarning()
         self.spec_rounds = 0
         self._generator = None
@@ -152,10 +181,9 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             target_attn_backend=runner.attn_backend, target_graph_runner=runner.decode_cuda_graph_runner,
             draft_extend_attn_backend=None, cuda_graph_runner_for_draft_extend=None,
         )
-        plain = self.build_adaptive_runtime_state(0, 1)
-        self.runtime_states[0] = plain
-        if self.forced_k not in self.runtime_states:
-            self.runtime_states[self.forced_k] = self.build_adaptive_runtime_state(self.forced_k, self.forced_k + 1)
+        for k in range(self.speculative_num_steps):  # K = 0 (one plain target token) .. Kmax − 1
+            self.runtime_states[k] = self.build_adaptive_runtime_state(k, k + 1)
+        plain = self.runtime_states[0]
         self.apply_runtime_state(plain)
         print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K={self.forced_k} "
               f"(states for K in {sorted(self.runtime_states)}; forced acceptance {self.force_alpha})", flush=True)
@@ -174,7 +202,20 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
                        or info.acc_additive_penalties is not None or info.acc_scaling_penalties is not None
                        or info.logit_bias is not None
                        or getattr(batch.spec_info, "bonus_tokens", None) is None)
-        return 0 if self.forced_k == 0 or unsupported or not self.speculation_ready else self.forced_k
+        if unsupported or not self.speculation_ready:
+            return 0
+        return self._from_params(spec_round.batch_k, batch, self.forced_k, self.speculative_num_steps_max)
+
+    def _from_params(self, pick, batch, default, *args):
+        """``pick([custom_params of each request], default, *args)``; a bad value warns once and gives default."""
+        params = [getattr(r.sampling_params, "custom_params", None) for r in getattr(batch, "reqs", None) or []]
+        try:
+            return pick(params, default, *args)
+        except ValueError as err:
+            if not self.bad_params_warned:
+                self.bad_params_warned = True
+                print(f"er_verl[scheduler]: WARNING {err}; using the server's default instead", flush=True)
+            return default
 
     def use_k(self, k: int) -> None:
         self.apply_runtime_state(self.runtime_states[k])  # a no-op when K is unchanged
@@ -183,12 +224,13 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         """With forced acceptance on: warn (rate-limited) and tag every request of every batch, so each
         streamed output carries the tag (the tokenizer manager indexes customized_info by request)."""
         if self.force_alpha is not None and getattr(batch, "reqs", None):
-            self.forced_warning(self.force_alpha)
-            spec_round.tag_forced(batch.reqs, self.force_alpha, self.speculative_num_steps_max)
+            self.batch_alpha = self._from_params(spec_round.batch_alpha, batch, self.force_alpha)
+            self.forced_warning(self.batch_alpha)
+            spec_round.tag_forced(batch.reqs, self.batch_alpha, self.speculative_num_steps_max)
 
     def speculative_round(self, batch, k: int, on_publish=None):
         """One shared-KV round (``spec_round.run_round``); stubs the FutureMap's draft fields like K=0."""
-        result = spec_round.run_round(self, batch, k, self._rng(), self.force_alpha)
+        result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha)
         if on_publish is not None:
             on_publish(result.new_seq_lens)
         self._draft_worker._draft_extend_for_decode(batch, result)

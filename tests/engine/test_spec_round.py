@@ -149,18 +149,63 @@ def _batch(**over):
     return types.SimpleNamespace(**fields)
 
 
+def _worker(forced_k=3, ready=True):
+    from er_verl.engine.worker import SelfSpecWorkerV2
+
+    me = types.SimpleNamespace(forced_k=forced_k, speculation_ready=ready, speculative_num_steps_max=4,
+                               bad_params_warned=False)
+    me._from_params = lambda *a: SelfSpecWorkerV2._from_params(me, *a)
+    return me
+
+
+def _reqs(*params):
+    return [types.SimpleNamespace(sampling_params=types.SimpleNamespace(custom_params=p)) for p in params]
+
+
 def test_round_k_routes_unsupported_batches_to_plain_decoding():
     from er_verl.engine.worker import SelfSpecWorkerV2
 
-    me = types.SimpleNamespace(forced_k=3, speculation_ready=True)
+    me = _worker()
     assert SelfSpecWorkerV2.round_k(me, _batch()) == 3
     assert SelfSpecWorkerV2.round_k(me, _batch(has_grammar=True)) == 0
     assert SelfSpecWorkerV2.round_k(me, _batch(spec_info=None)) == 0
     penalised = _batch()
     penalised.sampling_info.logit_bias = torch.zeros(1, 8)
     assert SelfSpecWorkerV2.round_k(me, penalised) == 0
-    assert SelfSpecWorkerV2.round_k(types.SimpleNamespace(forced_k=3, speculation_ready=False), _batch()) == 0
-    assert SelfSpecWorkerV2.round_k(types.SimpleNamespace(forced_k=0, speculation_ready=True), _batch()) == 0
+    assert SelfSpecWorkerV2.round_k(_worker(ready=False), _batch()) == 0
+    assert SelfSpecWorkerV2.round_k(_worker(forced_k=0), _batch()) == 0
+
+
+def test_round_k_takes_the_smallest_requested_k_and_ignores_bad_values_with_one_warning(capsys):
+    from er_verl.engine.worker import SelfSpecWorkerV2
+
+    me = _worker(forced_k=0)
+    assert SelfSpecWorkerV2.round_k(me, _batch(reqs=_reqs({"er_k": 4}, {"er_k": 2}, None))) == 0  # None: default
+    assert SelfSpecWorkerV2.round_k(me, _batch(reqs=_reqs({"er_k": 4}, {"er_k": 2}))) == 2
+    assert SelfSpecWorkerV2.round_k(me, _batch(reqs=_reqs({"er_k": 9}))) == 0
+    assert SelfSpecWorkerV2.round_k(me, _batch(reqs=_reqs({"er_k": "3"}))) == 0
+    assert capsys.readouterr().out.count("WARNING") == 1
+
+
+def test_request_k_and_batch_alpha_validate_with_a_sentence():
+    assert spec_round.request_k({"er_k": 3}, 4) == 3 and spec_round.request_k({}, 4) is None
+    for bad in (5, -1, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="er_k.*0 to Kmax=4"):
+            spec_round.request_k({"er_k": bad}, 4)
+    assert spec_round.batch_alpha([{"er_force_alpha": 0.6}], None) is None  # no launch opt-in: exact
+    assert spec_round.batch_alpha([None, {}], 0.9) == 0.9
+    assert spec_round.batch_alpha([{"er_force_alpha": 0.6}, {}], 0.9) == [[0.6], [0.9]]
+    with pytest.raises(ValueError, match="probability"):
+        spec_round.batch_alpha([{"er_force_alpha": 1.5}], 0.9)
+
+
+def test_forced_sampler_takes_a_per_request_alpha():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 16)
+    drafts = torch.randint(0, 16, (2, 3))
+    s = spec_round.SamplingTensors(torch.ones(2), torch.full((2,), -1), torch.ones(2), torch.zeros(2), False)
+    _, emitted = spec_round.sample(logits, drafts, None, s, gen, [[0.0], [1.0]])
+    assert emitted.tolist() == [1, 4]  # α=0 rejects the first draft, α=1 accepts all three
 
 
 def test_mixin_routes_decode_by_round_k_and_counts_both_kinds():

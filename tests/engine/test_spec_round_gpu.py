@@ -47,7 +47,7 @@ def peaked_model_path(model_path, tmp_path_factory):
     return out
 
 
-def generate(path, prompts, sampling, spec_k=None, alpha=None):
+def generate(path, prompts, sampling, spec_k=None, alpha=None, **request):
     """Outputs of one engine: plain SGLang (spec_k None) or er_verl speculating with K = spec_k."""
     import sglang
 
@@ -60,7 +60,7 @@ def generate(path, prompts, sampling, spec_k=None, alpha=None):
         with environ(ER_VERL_ENGINE="1", ER_VERL_FORCE_ACCEPT=force, **self_draft_env(spec_k)):
             engine = sglang.Engine(model_path=path, **{**ENGINE_KW, **args})
     try:
-        return engine.generate(input_ids=prompts, sampling_params=sampling)
+        return engine.generate(input_ids=prompts, sampling_params=sampling, **request)
     finally:
         engine.shutdown()
 
@@ -72,16 +72,33 @@ def tokens_per_round(outputs) -> float:
     return tokens / max(rounds, 1)
 
 
-def test_greedy_equals_plain_greedy(model_path):
+TIE_NATS = 0.02  # a top-2 log-prob gap below this is a tie a 1-token and a K+1-token pass may break apart
+
+
+def test_greedy_equals_plain_greedy(peaked_model_path):
+    """Greedy output equals plain greedy token for token, up to a genuine tie.
+
+    A random model's top logits can tie to within bf16 noise, and a K+1-token verify pass rounds
+    differently from a 1-token decode step (seen on the H200: the two split 50 vs 388 at the first
+    verify after an all-accepted round). So each sequence must match until the first position where
+    plain decoding's own top-2 log-probs are within TIE_NATS; most tokens must be compared at all."""
     sampling = {"max_new_tokens": 48, "temperature": 0.0, "ignore_eos": True}
-    plain = generate(model_path, PROMPTS, sampling)
-    ours = generate(model_path, PROMPTS, sampling, spec_k=KMAX)
+    plain = generate(peaked_model_path, PROMPTS, sampling, return_logprob=True, top_logprobs_num=2)
+    ours = generate(peaked_model_path, PROMPTS, sampling, spec_k=KMAX)
+    compared = 0
     for i, (p, o) in enumerate(zip(plain, ours)):
         want, got = p["output_ids"], o["output_ids"]
-        first = next((j for j, (a, b) in enumerate(zip(want, got)) if a != b), None)
-        assert want == got, (
-            f"prompt {i}: first difference at token {first}: plain {want[first:first + 4]}, ours {got[first:first + 4]}")
-    print(f"greedy: {tokens_per_round(ours):.2f} tokens per round at K={KMAX}")
+        first = next((j for j, (a, b) in enumerate(zip(want, got)) if a != b), len(want))
+        compared += first
+        if first < len(want):
+            top2 = p["meta_info"]["output_top_logprobs"][first]
+            gap = top2[0][0] - top2[1][0]
+            assert gap < TIE_NATS, (
+                f"prompt {i}: first difference at token {first}: plain {want[first:first + 4]}, ours "
+                f"{got[first:first + 4]}; plain's top-2 gap there is {gap:.4f} nats (not a tie)")
+            print(f"prompt {i}: split at a tie at token {first} (gap {gap:.4f} nats)")
+    print(f"greedy: {tokens_per_round(ours):.2f} tokens per round at K={KMAX}; {compared} tokens compared")
+    assert compared >= len(PROMPTS) * sampling["max_new_tokens"] // 2, "too few tokens compared before ties"
     assert all(o["meta_info"]["spec_verify_ct"] > 0 for o in ours), "no speculative rounds ran"
 
 
