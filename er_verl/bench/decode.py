@@ -25,6 +25,10 @@ import time
 
 ENGINES = ("plain", "stock", "ours")
 GRAPH_BS = 256
+# SGLang pins FlashInfer's workspace to 512 MB for Qwen2/Qwen3 (flashinfer_backend.py), whatever
+# SGLANG_FLASHINFER_WORKSPACE_SIZE says; a (K+1)-token verify graph at bs 256, K=5 needs 635 MB (seen on
+# the H200). Speculative engines capture graphs up to this bs; larger batches verify eagerly.
+SPEC_GRAPH_BS = 128
 
 
 @contextlib.contextmanager
@@ -81,6 +85,7 @@ def engine_launch(kind: str, args, model_path: str):
             speculative_draft_model_quantization="fp8", speculative_num_steps=args.stock_k,
             speculative_eagle_topk=1, speculative_num_draft_tokens=args.stock_k + 1,
             max_running_requests=min(args.stock_max_bs, max(args.bs)),
+            cuda_graph_max_bs_decode=min(SPEC_GRAPH_BS, max(args.bs)),
         )
         return {**common, **stock}, {**off, "SGLANG_SIMULATE_ACC_LEN": f"{acc:.4f}",
                                      "SGLANG_FLASHINFER_WORKSPACE_SIZE": str(2 << 30)}
@@ -88,6 +93,7 @@ def engine_launch(kind: str, args, model_path: str):
     from er_verl.engine.server_args import self_draft_env, self_draft_server_args
 
     ours = self_draft_server_args(EfficientConfig(max_draft_len=kmax), model_path, max(args.bs))
+    ours["cuda_graph_max_bs_decode"] = min(SPEC_GRAPH_BS, max(args.bs))
     default_alpha = args.alpha[0] if args.alpha else 1.0
     return {**common, **ours}, {**off, "ER_VERL_ENGINE": "1", "ER_VERL_FORCE_ACCEPT": str(default_alpha),
                                 **self_draft_env(0)}
