@@ -118,6 +118,8 @@ class SelfDrafter:
         self.ready = False
         self.pending_sources: list[str] = ["build"]
         self.num_requants = 0
+        self.forward_steps = 0  # draft forwards run, and how many replayed a CUDA graph
+        self.graph_steps = 0
         self.last_seconds: Optional[float] = None
         self.listeners: list[Listener] = []
 
@@ -215,7 +217,10 @@ class SelfDrafter:
         """
         if self.runner is None:
             raise RuntimeError("this SelfDrafter has no draft ModelRunner (built outside an engine)")
-        return self.runner.forward(forward_batch).logits_output
+        out = self.runner.forward(forward_batch)
+        self.forward_steps += 1
+        self.graph_steps += bool(getattr(out, "can_run_graph", False))
+        return out.logits_output
 
     def _device(self) -> torch.device:
         if self.layers:

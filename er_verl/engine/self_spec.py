@@ -63,6 +63,9 @@ class SelfSpecMixin:
         self.on_batch(batch)
         if batch.forward_mode.is_extend() or batch.is_extend_in_batch:
             return super().forward_batch_generation(batch, on_publish)
+        profiler = getattr(self, "profiler", None)
+        if profiler is not None:
+            profiler.begin(self.drafter.forward_steps, self.drafter.graph_steps)
         self.refresh_drafter()
         k = self.round_k(batch)
         self.use_k(k)
@@ -71,6 +74,9 @@ class SelfSpecMixin:
         else:
             result = self.speculative_round(batch, k, on_publish)
         self.decode_stats.count(result)
+        if profiler is not None:
+            profiler.end(k, getattr(result, "can_run_cuda_graph", False), self.drafter.forward_steps,
+                         self.drafter.graph_steps)
         return result
 
     # Overridden by the engine worker (worker.py); the defaults decode plainly.

@@ -40,6 +40,7 @@ from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
 from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.engine import loader, spec_round, verify
+from er_verl.engine.profile import RoundProfiler, profile_every
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
 from er_verl.engine.weight_sync import EVENTS
 
@@ -151,6 +152,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.bad_params_warned = False
         self.forced_warning = spec_round.ForcedWarning()
         self.spec_rounds = 0
+        every = profile_every()
+        self.profiler = RoundProfiler(every) if every else None
         self._generator = None
         EVENTS.subscribe(self.drafter.mark_dirty)
         report = os.environ.get(REPORT_ENV)

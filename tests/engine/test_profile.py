@@ -1,0 +1,44 @@
+"""RoundProfiler on the CPU with fake CUDA events and a fake clock."""
+
+import pytest
+
+from er_verl.engine.profile import RoundProfiler, profile_every
+
+
+class FakeEvent:
+    def __init__(self, t):
+        self.t, self.synced = t, False
+
+    def synchronize(self):
+        self.synced = True
+
+    def elapsed_time(self, other):
+        return other.t - self.t
+
+
+def test_profile_every_reads_the_env_and_explains_bad_values():
+    assert profile_every({}) == 0 and profile_every({"ER_VERL_PROFILE_EVERY": "50"}) == 50
+    with pytest.raises(ValueError, match="ER_VERL_PROFILE_EVERY='x'.*decode calls"):
+        profile_every({"ER_VERL_PROFILE_EVERY": "x"})
+
+
+def test_summary_per_k_with_gpu_host_gap_and_graph_shares():
+    now = {"t": 0.0}
+    gpu = {"t": 0.0}
+    lines = []
+
+    def event():
+        return FakeEvent(gpu["t"])
+
+    prof = RoundProfiler(every=3, event_factory=event, clock=lambda: now["t"], out=lines.append)
+    # call 1: K=0, 5 ms GPU, 1 ms host; call 2: K=4 after a 2 ms gap, 12 ms GPU, 4 draft steps (3 graphs)
+    prof.begin(0, 0); gpu["t"] += 5; now["t"] += 0.001; prof.end(0, True, 0, 0)
+    now["t"] += 0.002
+    prof.begin(0, 0); gpu["t"] += 12; now["t"] += 0.003; prof.end(4, False, 4, 3)
+    assert not lines
+    now["t"] += 0.004
+    prof.begin(4, 3); gpu["t"] += 7; now["t"] += 0.001; prof.end(0, True, 4, 3)
+    assert len(lines) == 2 and lines[0].startswith("er_verl[profile] K=0 calls=2 gpu_ms=6.00")
+    assert "K=4 calls=1 gpu_ms=12.00 host_ms=3.00 gap_ms=2.00 target_graph=0.00 draft_graph=0.75" in lines[1]
+    assert "gap_ms=4.00" in lines[0] and "draft_graph=-" in lines[0]  # the first call has no gap
+    assert prof.pending == [] and prof.report() == {}
