@@ -180,7 +180,27 @@ __all__ = [
     "CONFIG_PREFIX",
     "EfficientConfig",
     "check_supported",
+    "config_from_json",
+    "config_to_json",
     "efficient_config_from_rollout",
     "parse_efficient_config",
     "unsupported_mode_reason",
 ]
+
+
+def config_to_json(cfg: EfficientConfig) -> str:
+    """The config as one JSON line (how the server hands it to SGLang's scheduler processes)."""
+    import json
+
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def config_from_json(text: str) -> EfficientConfig:
+    """Inverse of :func:`config_to_json`, validated like every other source of the config."""
+    import json
+
+    try:
+        raw = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"the efficient_sglang config handed to the engine is not JSON ({err}): {text[:200]!r}")
+    return parse_efficient_config(raw)

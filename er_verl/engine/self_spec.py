@@ -66,6 +66,7 @@ class SelfSpecMixin:
         profiler = getattr(self, "profiler", None)
         if profiler is not None:
             profiler.begin(self.drafter.forward_steps, self.drafter.graph_steps)
+        self.before_decode(batch)
         self.refresh_drafter()
         k = self.round_k(batch)
         self.use_k(k)
@@ -74,6 +75,7 @@ class SelfSpecMixin:
         else:
             result = self.speculative_round(batch, k, on_publish)
         self.decode_stats.count(result)
+        self.after_decode(batch, k, result)
         if profiler is not None:
             profiler.end(k, getattr(result, "can_run_cuda_graph", False), self.drafter.forward_steps,
                          self.drafter.graph_steps)
@@ -82,6 +84,12 @@ class SelfSpecMixin:
     # Overridden by the engine worker (worker.py); the defaults decode plainly.
     def on_batch(self, batch: Any) -> None:
         """Called for every batch before it runs."""
+
+    def before_decode(self, batch: Any) -> None:
+        """Called before each decode call picks its K."""
+
+    def after_decode(self, batch: Any, k: int, result: Any) -> None:
+        """Called after each decode call with the K it ran and its result."""
 
     def round_k(self, batch: Any) -> int:
         """Draft length for this decode batch (0: one plain target step)."""

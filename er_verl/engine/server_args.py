@@ -33,7 +33,7 @@ import json
 import os
 from typing import Any, Optional
 
-from er_verl.config import EfficientConfig
+from er_verl.config import EfficientConfig, config_to_json
 
 DRAFT_QUANTIZATION = {"int4": "awq_marlin", "fp8": "fp8"}
 SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "LlamaForCausalLM")
@@ -127,11 +127,12 @@ def self_draft_server_args(
     return args
 
 
-def self_draft_env(forced_k: Optional[int] = None) -> dict[str, str]:
+def self_draft_env(forced_k: Optional[int] = None, cfg: Optional[EfficientConfig] = None) -> dict[str, str]:
     """Environment for the SGLang processes of a self-draft server (set before they start).
 
     ``forced_k``: the draft length of every decode batch (``ER_VERL_SPEC_K``, read by the worker;
-    0..Kmax, unset = 0 = plain decoding) until the controller chooses K.
+    0..Kmax; unset = 0). ``cfg``: the config the worker's controller is built from (``ER_VERL_CONTROL``);
+    the controller then chooses K per batch, unless ``forced_k`` > 0 overrides it.
     """
     env = {
         "ER_VERL_SELF_DRAFT": "1",  # engine/plugin.py: register the self-drafter's hooks
@@ -140,4 +141,6 @@ def self_draft_env(forced_k: Optional[int] = None) -> dict[str, str]:
     }
     if forced_k is not None:
         env["ER_VERL_SPEC_K"] = str(forced_k)
+    if cfg is not None:
+        env["ER_VERL_CONTROL"] = config_to_json(cfg)
     return env

@@ -282,8 +282,9 @@ def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, 
     return out, emitted
 
 
-def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None):
-    """Draft K, verify K+1, sample; returns SGLang's GenerationBatchResult for this decode batch."""
+def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_draft=None):
+    """Draft K, verify K+1, sample; returns SGLang's GenerationBatchResult for this decode batch.
+    ``after_draft()`` (optional) is called between drafting and verifying (the controller's timing)."""
     from sglang.srt.layers.utils.logprob import compute_spec_v2_logprobs
     from sglang.srt.managers.scheduler import GenerationBatchResult
     from sglang.srt.speculative.eagle_info import EagleDraftInput
@@ -291,6 +292,8 @@ def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None):
     s = SamplingTensors.of(batch.sampling_info)
     seq_lens = batch.seq_lens
     draft_tokens, draft_probs = draft_chain(worker.drafter, batch, k, s, gen)
+    if after_draft is not None:
+        after_draft()
     out, forward_batch, can_graph = target_verify(worker, batch, chain_verify_input(worker, batch, draft_tokens, k), k)
     logits_output = out.logits_output
     logits = logits_output.next_token_logits.view(len(seq_lens), k + 1, -1)    # [B, K+1, V]

@@ -39,11 +39,14 @@ from sglang.srt.speculative import standalone_worker_v2 as _sw2
 from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
 from sglang.srt.speculative.eagle_info import EagleDraftInput
 
+from er_verl.config import config_from_json
 from er_verl.engine import loader, spec_round, verify
 from er_verl.engine.profile import RoundProfiler, profile_every
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
 from er_verl.engine.weight_sync import EVENTS
 
+CONTROL_ENV = "ER_VERL_CONTROL"  # the EfficientConfig as JSON: turns the controller on (server.py sets it)
+GROUP_PARAM = "er_group"  # = rollout.agent_loop.GROUP_KEY (not imported: that module imports verl)
 REPORT_ENV = "ER_VERL_DRAFTER_REPORT"  # a JSONL path: one line of checks per requant (tests, debugging)
 _DRAFT_INIT = inspect.signature(_sw2.StandaloneDraftWorker.__init__)
 
@@ -154,6 +157,9 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.spec_rounds = 0
         every = profile_every()
         self.profiler = RoundProfiler(every) if every else None
+        self.feedback = self._controller_feedback()
+        if self.feedback is not None:
+            EVENTS.subscribe(self.feedback.controller.on_weight_sync)
         self._generator = None
         EVENTS.subscribe(self.drafter.mark_dirty)
         report = os.environ.get(REPORT_ENV)
@@ -207,13 +213,42 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
                        or getattr(batch.spec_info, "bonus_tokens", None) is None)
         if unsupported or not self.speculation_ready:
             return 0
-        return self._from_params(spec_round.batch_k, batch, self.forced_k, self.speculative_num_steps_max)
+        default = self.forced_k
+        if self.feedback is not None and not any(spec_round.K_PARAM in (p or {}) for p in request_params(batch)):
+            default = min(self.feedback.controller.choose(group_keys(batch)), self.speculative_num_steps_max)
+        return self._from_params(spec_round.batch_k, batch, default, self.speculative_num_steps_max)
+
+    def _controller_feedback(self):
+        """The controller (``ER_VERL_CONTROL``: the EfficientConfig as JSON, set by the server) with its
+        feedback queue, or None: no controller when ``ER_VERL_SPEC_K`` forces K or the variable is unset."""
+        raw = os.environ.get(CONTROL_ENV)
+        if not raw or self.forced_k:
+            return None
+        from er_verl.control.controller import Controller
+        from er_verl.control.cost_model import ModelShape
+        from er_verl.engine.checks import target_weight_bytes
+        from er_verl.engine.feedback import RoundFeedback
+
+        cfg = config_from_json(raw)
+        shape = ModelShape(num_params=target_weight_bytes(self.target_worker.model_runner.model) / 2.0)
+        controller = Controller.from_config(cfg, shape)
+        print(f"er_verl[scheduler]: controller on (gate {cfg.gate}, bandit {cfg.bandit}, Kmax {cfg.max_draft_len})",
+              flush=True)
+        return RoundFeedback(controller)
+
+    def before_decode(self, batch) -> None:
+        if self.feedback is not None:
+            self.feedback.begin()
+
+    def after_decode(self, batch, k: int, result) -> None:
+        if self.feedback is not None:
+            accepted = result.accept_lens - 1 if k > 0 else None
+            self.feedback.end(group_keys(batch), k, accepted)
 
     def _from_params(self, pick, batch, default, *args):
         """``pick([custom_params of each request], default, *args)``; a bad value warns once and gives default."""
-        params = [getattr(r.sampling_params, "custom_params", None) for r in getattr(batch, "reqs", None) or []]
         try:
-            return pick(params, default, *args)
+            return pick(request_params(batch), default, *args)
         except ValueError as err:
             if not self.bad_params_warned:
                 self.bad_params_warned = True
@@ -233,7 +268,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
 
     def speculative_round(self, batch, k: int, on_publish=None):
         """One shared-KV round (``spec_round.run_round``); stubs the FutureMap's draft fields like K=0."""
-        result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha)
+        after_draft = self.feedback.drafted if self.feedback is not None else None
+        result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha, after_draft)
         if on_publish is not None:
             on_publish(result.new_seq_lens)
         self._draft_worker._draft_extend_for_decode(batch, result)
@@ -246,6 +282,17 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             self._generator = torch.Generator(device=self.device)
             self._generator.manual_seed(int(self.server_args.random_seed or 0))
         return self._generator
+
+
+def request_params(batch) -> list:
+    """``custom_params`` of each request of a scheduler batch (None where a request has none)."""
+    return [getattr(r.sampling_params, "custom_params", None) for r in getattr(batch, "reqs", None) or []]
+
+
+def group_keys(batch) -> list:
+    """Each request's group: ``custom_params["er_group"]`` (the GRPO uid, set by the server), else its rid."""
+    return [(p or {}).get(GROUP_PARAM, getattr(r, "rid", i))
+            for i, (r, p) in enumerate(zip(batch.reqs, request_params(batch)))]
 
 
 HOOKS = (

@@ -153,7 +153,7 @@ def _worker(forced_k=3, ready=True):
     from er_verl.engine.worker import SelfSpecWorkerV2
 
     me = types.SimpleNamespace(forced_k=forced_k, speculation_ready=ready, speculative_num_steps_max=4,
-                               bad_params_warned=False)
+                               bad_params_warned=False, feedback=None)
     me._from_params = lambda *a: SelfSpecWorkerV2._from_params(me, *a)
     return me
 
@@ -237,3 +237,24 @@ def test_mixin_routes_decode_by_round_k_and_counts_both_kinds():
     worker = Worker(3)
     assert worker.forward_batch_generation(decode).kind == "spec3" and worker.used == [3]
     assert (worker.decode_stats.decode_steps, worker.decode_stats.graph_steps) == (1, 0)
+
+
+def test_round_k_asks_the_controller_with_group_keys_unless_a_request_sets_er_k():
+    from er_verl.engine.worker import SelfSpecWorkerV2
+
+    asked = []
+
+    class Controller:
+        def choose(self, groups):
+            asked.append(groups)
+            return 9  # more than Kmax: clamped
+
+    me = _worker(forced_k=0)
+    me.feedback = types.SimpleNamespace(controller=Controller())
+    reqs = _reqs({"er_group": "u1"}, {"er_group": "u1"}, None)
+    for r, rid in zip(reqs, ("r0", "r1", "r2")):
+        r.rid = rid
+    assert SelfSpecWorkerV2.round_k(me, _batch(reqs=reqs)) == 4
+    assert asked == [["u1", "u1", "r2"]]
+    assert SelfSpecWorkerV2.round_k(me, _batch(reqs=_reqs({"er_k": 2}, {"er_group": "u1"}))) == 0  # default 0
+    assert len(asked) == 1

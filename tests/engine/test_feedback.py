@@ -1,0 +1,59 @@
+"""RoundFeedback: lagged, non-blocking controller updates from fake CUDA events."""
+
+import torch
+
+from er_verl.control.cost_model import StepKind
+from er_verl.engine.feedback import RoundFeedback
+
+
+class Clock:
+    def __init__(self):
+        self.t, self.done_until = 0.0, float("inf")
+
+
+class FakeEvent:
+    def __init__(self, clock):
+        self.clock, self.t = clock, clock.t
+
+    def query(self):
+        return self.t <= self.clock.done_until
+
+    def elapsed_time(self, other):
+        return other.t - self.t
+
+
+class Recorder:
+    def __init__(self):
+        self.steps, self.rounds = [], []
+
+    def observe_step(self, kind, bs, seconds, k=0):
+        self.steps.append((StepKind(kind), bs, round(seconds, 6), k))
+
+    def observe_round(self, groups, k, accepted):
+        self.rounds.append((list(groups), k, list(accepted)))
+
+
+def test_records_become_steps_and_rounds_once_their_events_complete():
+    clock, rec = Clock(), Recorder()
+    clock.done_until = -1                                                           # the GPU is behind
+    fb = RoundFeedback(rec, event_factory=lambda: FakeEvent(clock))
+    fb.begin(); clock.t += 5; fb.end(["a", "b"], 0)                                 # plain step: 5 ms
+    fb.begin(); clock.t += 8; fb.drafted(); clock.t += 6                            # 4 drafts 8 ms, verify 6 ms
+    fb.end(["a", "b"], 4, torch.tensor([3, 0]))
+    clock.done_until = 5                                                            # only the first finished
+    assert fb.harvest() == 1 and rec.steps == [(StepKind.TARGET, 2, 0.005, 0)] and not rec.rounds
+    clock.done_until = float("inf")
+    fb.begin()                                                                      # the next call harvests
+    assert rec.steps[1:] == [(StepKind.DRAFT, 2, 0.002, 0), (StepKind.VERIFY, 2, 0.006, 4)]
+    assert rec.rounds == [(["a", "b"], 4, [3, 0])] and fb.harvested == 2
+
+
+def test_end_without_begin_is_ignored_and_the_queue_is_bounded():
+    clock, rec = Clock(), Recorder()
+    fb = RoundFeedback(rec, event_factory=lambda: FakeEvent(clock), max_pending=2)
+    fb.end(["a"], 0)
+    assert not fb.pending
+    clock.done_until = -1
+    for _ in range(5):
+        fb.begin(); clock.t += 1; fb.end(["a"], 0)
+    assert len(fb.pending) == 2
