@@ -58,11 +58,11 @@ def points(kind: str, args) -> list[dict]:
     else:
         configs = [dict(k=0, alpha=None)] + [dict(k=k, alpha=a) for a in args.alpha for k in args.k]
     bs_list = [b for b in args.bs if kind != "stock" or b <= args.stock_max_bs]
-    return [dict(engine=kind, bs=b, **c) for c in configs for b in bs_list]
+    return [dict(engine=kind, bs=b, label=args.label, **c) for c in configs for b in bs_list]
 
 
 def key(point: dict) -> tuple:
-    return point["engine"], point["k"], point["alpha"], point["bs"]
+    return point["engine"], point["k"], point["alpha"], point["bs"], point.get("label")
 
 
 def engine_launch(kind: str, args, model_path: str):
@@ -148,7 +148,7 @@ def environment(args, argv) -> dict:
 
 def summarize(rows: list[dict]) -> dict:
     """Speed-up of every row over plain at the same bs, and the best K per (α, bs) for ours."""
-    plain = {r["bs"]: r["tok_s"] for r in rows if r["engine"] == "plain"}
+    plain = {r["bs"]: r["tok_s"] for r in rows if r["engine"] == "plain" and not r.get("label")}
     best: dict = {}
     for r in rows:
         if r["bs"] in plain:
@@ -184,6 +184,7 @@ def plot(report: dict, png: str) -> None:
         if "speedup_vs_plain" not in r:
             continue
         label = r["engine"] if r["engine"] != "ours" else f"ours K={r['k']} α={r['alpha']}"
+        label += f" [{r['label']}]" if r.get("label") else ""
         series.setdefault(label, []).append((r["bs"], r["speedup_vs_plain"]))
     for label, pts in sorted(series.items()):
         pts.sort()
@@ -217,6 +218,7 @@ def run(args, argv) -> dict:
         if not todo:
             continue
         kwargs, env = engine_launch(kind, args, model_path)
+        kwargs.update(args.engine_args)
         with environ(**env):
             engine = sglang.Engine(**kwargs)
         try:
@@ -273,6 +275,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--mem-fraction", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine-args", default="{}", help="JSON of extra sglang.Engine kwargs for every engine (variants)")
+    p.add_argument("--label", default=None, help="tag for this run's rows (a variant next to the default rows)")
     p.add_argument("--out", default="bench_decode.json")
     p.add_argument("--png", default=None, help="plot path (default: --out with .png)")
     p.add_argument("--plot-only", action="store_true", help="only redraw the PNG from --out")
@@ -301,6 +305,12 @@ def normalize(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.
         p.error(f"--k {args.k}: draft lengths must be 1..16")
     if any(not 0.0 <= a <= 1.0 for a in args.alpha + [args.stock_alpha]):
         p.error(f"--alpha {args.alpha} / --stock-alpha {args.stock_alpha}: probabilities must be in [0, 1]")
+    try:
+        args.engine_args = json.loads(args.engine_args) if isinstance(args.engine_args, str) else args.engine_args
+    except ValueError as err:
+        p.error(f"--engine-args {args.engine_args!r}: not JSON ({err})")
+    if not isinstance(args.engine_args, dict):
+        p.error(f"--engine-args {args.engine_args!r}: expected a JSON object of sglang.Engine kwargs")
     args.png = args.png or os.path.splitext(args.out)[0] + ".png"
     return args
 

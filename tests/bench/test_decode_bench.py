@@ -1,0 +1,44 @@
+"""er-verl bench decode without a GPU: argument checks, the point plan, the summary, the plot, resume."""
+
+import json
+
+import pytest
+
+from er_verl.bench import decode
+
+
+def test_bad_arguments_name_the_option_and_what_is_allowed(capsys):
+    for argv, words in ((["--engines", "plain,fast"], "--engines 'plain,fast'"), (["--bs", "1,x"], "comma-separated"),
+                        (["--k", "0"], "--k [0]: draft lengths must be 1..16"),
+                        (["--alpha", "1.5"], "probabilities must be in [0, 1]"),
+                        (["--engine-args", "[1]"], "expected a JSON object")):
+        with pytest.raises(SystemExit) as exc:
+            decode.parse(argv)
+        assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_points_cover_every_engine_k_alpha_and_bs_once():
+    args = decode.parse(["--bs", "1,256", "--k", "2,4", "--alpha", "0.9,0.6"])
+    ours = decode.points("ours", args)
+    assert len(ours) == 2 * (1 + 2 * 2) and len({decode.key(p) for p in ours}) == len(ours)
+    assert [p["bs"] for p in decode.points("stock", args)] == [1]  # stock stops at --stock-max-bs 128
+    assert decode.expected_tokens_per_round(0.9, 3) == pytest.approx(3.439)
+    assert decode.expected_tokens_per_round(1.0, 3) == 4.0
+
+
+def test_summary_plot_and_resume(tmp_path):
+    out = tmp_path / "b.json"
+    rows = [dict(engine="plain", k=0, alpha=None, bs=1, tok_s=100.0),
+            dict(engine="ours", k=2, alpha=0.9, bs=1, tok_s=150.0),
+            dict(engine="ours", k=4, alpha=0.9, bs=1, tok_s=120.0),
+            dict(engine="plain", k=0, alpha=None, bs=1, tok_s=50.0, label="variant")]
+    report = {"rows": rows, "environment": {"shape": "qwen3-8b", "gpu": "x"}}
+    decode.save(str(out), report)
+    saved = json.loads(out.read_text())
+    assert saved["best_k"] == {"alpha=0.9": {"1": {"k": 2, "speedup_vs_plain": 1.5, "tok_s": 150.0}}}
+    decode.plot(saved, str(tmp_path / "b.png"))
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    args = decode.parse(["--bs", "1", "--k", "2,4", "--alpha", "0.9", "--out", str(out)])
+    done = {decode.key(r) for r in saved["rows"]}
+    assert [p for p in decode.points("ours", args) if decode.key(p) not in done] == [
+        dict(engine="ours", bs=1, label=None, k=0, alpha=None)]
