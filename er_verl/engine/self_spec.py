@@ -21,8 +21,16 @@ Kept free of sglang so the tests can run it against fakes on the CPU.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Scheduler-batch fields a speculative round may rebind (eagle_prepare_for_verify, target_verify);
+# restored before the plain fallback step when a round raises.
+ROUND_MUTATES = ("spec_info", "input_ids", "out_cache_loc", "forward_mode", "capture_hidden_mode",
+                 "seq_lens", "seq_lens_cpu", "seq_lens_sum", "return_hidden_states")
 
 TARGET_ONLY = (True, "er_verl: target weights updated; the self-drafter is requantized from them lazily.")
 
@@ -70,16 +78,35 @@ class SelfSpecMixin:
         self.refresh_drafter()
         k = self.round_k(batch)
         self.use_k(k)
+        if k > 0:
+            saved = {name: getattr(batch, name, None) for name in ROUND_MUTATES}
+            try:
+                result = self.speculative_round(batch, k, on_publish)
+            except Exception as exc:  # noqa: BLE001 - a drafter fault must not fail the rollout
+                self.round_failed(exc)
+                for name, value in saved.items():
+                    setattr(batch, name, value)
+                k = 0
+                self.use_k(0)
         if k == 0:
             result = super().forward_batch_generation(batch, on_publish)
-        else:
-            result = self.speculative_round(batch, k, on_publish)
         self.decode_stats.count(result)
         self.after_decode(batch, k, result)
         if profiler is not None:
             profiler.end(k, getattr(result, "can_run_cuda_graph", False), self.drafter.forward_steps,
                          self.drafter.graph_steps)
         return result
+
+    def round_failed(self, exc: BaseException) -> None:
+        """A speculative round raised: warn, and decode plainly until the drafter's next good requant
+        (the next weight sync). The failed round published nothing and wrote only K/V slots at or past
+        the committed length, which the plain step rewrites or never reads."""
+        self.drafter.ready = False
+        self.round_failures = getattr(self, "round_failures", 0) + 1
+        logger.warning("er_verl: speculative round failed (%r); decoding plainly until the next weight sync",
+                       exc, exc_info=True)
+        print(f"er_verl[scheduler]: WARNING speculative round failed: {exc!r}; decoding plainly until the "
+              "next weight sync", flush=True)
 
     # Overridden by the engine worker (worker.py); the defaults decode plainly.
     def on_batch(self, batch: Any) -> None:

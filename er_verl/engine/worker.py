@@ -270,6 +270,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         """One shared-KV round (``spec_round.run_round``); stubs the FutureMap's draft fields like K=0."""
         after_draft = self.feedback.drafted if self.feedback is not None else None
         result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha, after_draft)
+        # Nothing is published before this point: a round that raised above falls back to a plain step.
         if on_publish is not None:
             on_publish(result.new_seq_lens)
         self._draft_worker._draft_extend_for_decode(batch, result)

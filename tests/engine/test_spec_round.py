@@ -258,3 +258,40 @@ def test_round_k_asks_the_controller_with_group_keys_unless_a_request_sets_er_k(
     assert asked == [["u1", "u1", "r2"]]
     assert SelfSpecWorkerV2.round_k(me, _batch(reqs=_reqs({"er_k": 2}, {"er_group": "u1"}))) == 0  # default 0
     assert len(asked) == 1
+
+
+def test_a_round_that_raises_falls_back_to_a_plain_step_with_the_batch_restored(capsys):
+    from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
+
+    class Stock:
+        def forward_batch_generation(self, batch, on_publish=None):
+            seen.append((batch.spec_info, batch.input_ids))
+            return types.SimpleNamespace(kind="plain", can_run_cuda_graph=True)
+
+    class Worker(SelfSpecMixin, Stock):
+        def __init__(self):
+            self.used, self.decode_stats = [], DecodeStats()
+            drafter = types.SimpleNamespace(ready=True, is_dirty=False, refresh=lambda model: True)
+            self._draft_worker = types.SimpleNamespace(drafter=drafter)
+            self.target_worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(model=None))
+
+        def round_k(self, batch):
+            return 3 if self.speculation_ready else 0
+
+        def use_k(self, k):
+            self.used.append(k)
+
+        def speculative_round(self, batch, k, on_publish=None):
+            batch.spec_info, batch.input_ids = "verify-input", "draft-tokens"  # rebound, then a fault
+            raise RuntimeError("drafter exploded")
+
+    seen = []
+    mode = types.SimpleNamespace(is_extend=lambda: False)
+    batch = types.SimpleNamespace(forward_mode=mode, is_extend_in_batch=False, spec_info="draft-input",
+                                  input_ids="bonus")
+    worker = Worker()
+    assert worker.forward_batch_generation(batch).kind == "plain"
+    assert seen == [("draft-input", "bonus")] and worker.used == [3, 0]
+    assert worker.round_failures == 1 and not worker.speculation_ready
+    assert "speculative round failed: RuntimeError('drafter exploded')" in capsys.readouterr().out
+    assert worker.forward_batch_generation(batch).kind == "plain" and worker.used == [3, 0, 0]  # stays off
