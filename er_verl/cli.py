@@ -4,6 +4,7 @@
     er-verl make-model --shape S --out DIR        offline tokenizer + random-init model
     er-verl simulate ...                          rollout latency with/without speculation (CPU)
     er-verl bench decode ...                      decode tokens/s: plain vs stock STANDALONE vs ours (GPU)
+    er-verl quickstart [--work DIR] ...           build a small policy offline, GRPO it with both backends (GPU)
 """
 
 import argparse
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("simulate", help="predict rollout latency with and without speculation (CPU)")
         simulate.add_arguments(p)
         p.set_defaults(func=simulate.main)
+    from er_verl.quickstart import run as quickstart
+
+    p = sub.add_parser("quickstart", help="offline: build a small policy, GRPO it with efficient_sglang and sglang")
+    quickstart.add_arguments(p)
+    p.set_defaults(func=quickstart.main)
+
     from er_verl.bench import decode
 
     p = sub.add_parser("bench", help="GPU benchmarks")

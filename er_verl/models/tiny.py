@@ -21,6 +21,12 @@ SHAPES = {
         model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
         num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True, rope_theta=1e6,
     ),
+    # The quickstart policy (~20M parameters with a 1k vocabulary), trained by SFT in minutes:
+    # hidden 512, 6 layers, 8/2 heads of 64, MLP 1536, tied embeddings; every Linear fits AWQ-Marlin.
+    "quickstart": dict(
+        model_type="qwen2", hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
+        num_key_value_heads=2, intermediate_size=1536, tie_word_embeddings=True, rope_theta=1e6,
+    ),
     # Qwen3-8B: hidden 4096, 36 layers, 32/8 heads, MLP 12288, untied.
     "qwen3-8b": dict(
         model_type="qwen3", hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
