@@ -27,7 +27,7 @@ class Record:
     start: Any
     drafted: Any           # event after the draft steps (None for K = 0)
     end: Any
-    accepted: Any = None   # [B] tensor of accepted drafts per request (K > 0)
+    accepted: Any = None   # [B] accepted drafts per request (K > 0): a host tensor whose copy precedes `end`
 
 
 class RoundFeedback:

@@ -242,7 +242,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
 
     def after_decode(self, batch, k: int, result) -> None:
         if self.feedback is not None:
-            accepted = result.accept_lens - 1 if k > 0 else None
+            # D2H copy queued before the end event: harvest reads it once that event completed (no wait).
+            accepted = (result.accept_lens - 1).to("cpu", non_blocking=True) if k > 0 else None
             self.feedback.end(group_keys(batch), k, accepted)
 
     def _from_params(self, pick, batch, default, *args):
