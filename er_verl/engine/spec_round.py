@@ -183,8 +183,8 @@ def _set_decode_step(step, batch, token, slots, ahead: int) -> None:
         step.seq_lens_sum = batch.seq_lens_sum + ahead * len(batch.seq_lens)
     elif step.seq_lens_cpu is not None:
         step.seq_lens_sum = int(step.seq_lens_cpu.sum())
-    else:  # host sync: FlashInfer sizes its kv_indices from the sum
-        step.seq_lens_sum = int(step.seq_lens.sum().item())
+    else:  # a GPU-only batch (a backend without needs_cpu_seq_lens, e.g. triton): stay sync-free
+        step.seq_lens_sum = None
 
 
 def chain_verify_input(worker, batch, draft_tokens: torch.Tensor, k: int):

@@ -295,3 +295,20 @@ def test_a_round_that_raises_falls_back_to_a_plain_step_with_the_batch_restored(
     assert worker.round_failures == 1 and not worker.speculation_ready
     assert "speculative round failed: RuntimeError('drafter exploded')" in capsys.readouterr().out
     assert worker.forward_batch_generation(batch).kind == "plain" and worker.used == [3, 0, 0]  # stays off
+
+
+def test_draft_steps_of_a_gpu_only_batch_stay_sync_free(monkeypatch):
+    """Without a CPU mirror of seq_lens (backends that do not need one), no step computes a sum on the host."""
+    from sglang.srt.model_executor import forward_batch_info as fbi
+
+    monkeypatch.setattr(fbi.ForwardBatch, "init_new", classmethod(
+        lambda cls, b, runner: types.SimpleNamespace(seq_lens=b.seq_lens, seq_lens_sum=b.seq_lens_sum)))
+    drafter = FakeDrafter(vocab=8)
+    batch = types.SimpleNamespace(
+        seq_lens=torch.tensor([3, 5]), seq_lens_cpu=None, seq_lens_sum=None, orig_seq_lens=None,
+        req_pool_indices=torch.tensor([1, 0]), spec_info=types.SimpleNamespace(bonus_tokens=torch.tensor([7, 6])),
+        forward_mode="TARGET_VERIFY", return_logprob=False, capture_hidden_mode=None)
+    ones = torch.ones(2)
+    sampling = spec_round.SamplingTensors(ones, torch.ones(2, dtype=torch.int64), ones, torch.zeros(2), False)
+    spec_round.draft_chain(drafter, batch, 2, sampling, torch.Generator().manual_seed(0))
+    assert [s.seq_lens_sum for s in drafter.steps] == [None, None]
