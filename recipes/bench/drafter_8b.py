@@ -23,12 +23,12 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from er_verl.bench.decode import make_config  # noqa: E402
 from er_verl.models.tiny import SHAPES  # noqa: E402
 
 GOALS = {"requant_ms": 50, "drafter_bytes_ratio": 0.3, "step_ratio_bs_le_8": 0.35}
@@ -45,19 +45,6 @@ def parse_args():
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--mem-fraction", type=float, default=0.55)
     return p.parse_args()
-
-
-def write_config(vocab: int) -> str:
-    from transformers import AutoConfig
-
-    spec = dict(SHAPES["qwen3-8b"])
-    config = AutoConfig.for_model(
-        spec.pop("model_type"), vocab_size=vocab, max_position_embeddings=4096, torch_dtype="bfloat16",
-        architectures=["Qwen3ForCausalLM"], **spec,
-    )
-    path = tempfile.mkdtemp(prefix="qwen3_8b_shape_")
-    config.save_pretrained(path)
-    return path
 
 
 def target_runner(model_path: str, args):
@@ -189,7 +176,7 @@ def main() -> None:
     args = parse_args()
     from er_verl.engine.checks import target_weight_bytes
 
-    runner, server_args = target_runner(write_config(args.vocab), args)
+    runner, server_args = target_runner(make_config("qwen3-8b", args.vocab), args)
     drafter = build_drafter(runner, server_args, args.drafter)
     requant = time_requant(drafter, runner.model, args.requant_reps)
     drafter_bytes, target_bytes = drafter.num_bytes(runner.model), target_weight_bytes(runner.model)
