@@ -4,6 +4,7 @@
     er-verl make-model --shape S --out DIR        offline tokenizer + random-init model
     er-verl simulate ...                          rollout latency with/without speculation (CPU)
     er-verl bench decode ...                      decode tokens/s: plain vs stock STANDALONE vs ours (GPU)
+    er-verl bench rollout ...                     a GRPO-like rollout: plain, fixed K, gate, gate + bandit (GPU)
     er-verl quickstart [--work DIR] ...           build a small policy offline, GRPO it with both backends (GPU)
 """
 
@@ -69,7 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("decode", help="decode tokens/s: plain SGLang vs stock STANDALONE (fp8) vs er_verl")
     decode.add_arguments(p)
     p.set_defaults(func=_bench_decode, parser=p)
+
+    from er_verl.bench import rollout
+
+    p = bench.add_parser("rollout", help="a GRPO-like rollout timed for plain, fixed K, gate, gate + bandit")
+    rollout.add_arguments(p)
+    p.set_defaults(func=_bench_rollout, parser=p)
     return parser
+
+
+def _bench_rollout(args) -> int:
+    from er_verl.bench import rollout
+
+    argv = sys.argv[3:] if sys.argv[1:3] == ["bench", "rollout"] else []
+    return rollout.execute(args.parser, args, argv)
 
 
 def _bench_decode(args) -> int:

@@ -143,7 +143,7 @@ def environment(args, argv) -> dict:
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, versions=versions,
         python=platform.python_version(), command="er-verl bench decode " + " ".join(argv),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        shape=args.shape, prompt_len=args.prompt_len, new_tokens=args.new_tokens, temperature=1.0,
+        shape=args.shape, prompt_len=args.prompt_len, new_tokens=getattr(args, "new_tokens", None), temperature=1.0,
     )
 
 

@@ -88,3 +88,37 @@ def _cuda_event():
     event = torch.cuda.Event(enable_timing=True)
     event.record()
     return event
+
+
+TIMELINE_ENV = "ER_VERL_TIMELINE"
+
+
+class Timeline:
+    """``ER_VERL_TIMELINE=path``: one JSON line per decode call, {"t": seconds, "bs": B, "k": K}, buffered
+    and appended every ``flush_every`` calls or ``flush_s`` seconds (a scheduler is killed, not closed,
+    at shutdown). ``er-verl bench rollout`` plots it."""
+
+    def __init__(self, path: str, flush_every: int = 64, flush_s: float = 1.0, clock=time.time):
+        self.path, self.flush_every, self.flush_s, self.clock = path, flush_every, flush_s, clock
+        self.rows: list[str] = []
+        self.last_flush = None
+
+    def record(self, batch_size: int, k: int) -> None:
+        now = self.clock()
+        self.rows.append(f'{{"t": {now:.6f}, "bs": {batch_size}, "k": {k}}}')
+        if self.last_flush is None:
+            self.last_flush = now
+        if len(self.rows) >= self.flush_every or now - self.last_flush >= self.flush_s:
+            self.flush()
+            self.last_flush = now
+
+    def flush(self) -> None:
+        if self.rows:
+            with open(self.path, "a") as f:
+                f.write("\n".join(self.rows) + "\n")
+            self.rows.clear()
+
+
+def timeline_from_env(environ=os.environ):
+    path = environ.get(TIMELINE_ENV, "").strip()
+    return Timeline(path) if path else None

@@ -41,7 +41,7 @@ from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.config import config_from_json
 from er_verl.engine import loader, spec_round, verify
-from er_verl.engine.profile import RoundProfiler, profile_every
+from er_verl.engine.profile import RoundProfiler, profile_every, timeline_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
 from er_verl.engine.weight_sync import EVENTS
 
@@ -157,6 +157,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.spec_rounds = 0
         every = profile_every()
         self.profiler = RoundProfiler(every) if every else None
+        self.timeline = timeline_from_env()
         self.feedback = self._controller_feedback()
         if self.feedback is not None:
             EVENTS.subscribe(self.feedback.controller.on_weight_sync)
@@ -241,6 +242,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             self.feedback.begin()
 
     def after_decode(self, batch, k: int, result) -> None:
+        if self.timeline is not None:
+            self.timeline.record(len(batch.reqs), k)
         if self.feedback is not None:
             # D2H copy queued before the end event: harvest reads it once that event completed (no wait).
             accepted = (result.accept_lens - 1).to("cpu", non_blocking=True) if k > 0 else None

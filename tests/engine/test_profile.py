@@ -42,3 +42,21 @@ def test_summary_per_k_with_gpu_host_gap_and_graph_shares():
     assert "K=4 calls=1 gpu_ms=12.00 host_ms=3.00 gap_ms=2.00 target_graph=0.00 draft_graph=0.75" in lines[1]
     assert "gap_ms=4.00" in lines[0] and "draft_graph=-" in lines[0]  # the first call has no gap
     assert prof.pending == [] and prof.report() == {}
+
+
+def test_timeline_appends_json_lines_in_batches(tmp_path):
+    import json
+
+    from er_verl.engine.profile import Timeline, timeline_from_env
+
+    path = tmp_path / "t.jsonl"
+    clock = iter(range(10))
+    tl = Timeline(str(path), flush_every=2, flush_s=100.0, clock=lambda: float(next(clock)))
+    tl.record(8, 0)
+    assert not path.exists()
+    tl.record(4, 3)
+    tl.record(2, 5)
+    tl.flush()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"t": 0.0, "bs": 8, "k": 0}, {"t": 1.0, "bs": 4, "k": 3}, {"t": 2.0, "bs": 2, "k": 5}]
+    assert timeline_from_env({}) is None and timeline_from_env({"ER_VERL_TIMELINE": str(path)}).path == str(path)

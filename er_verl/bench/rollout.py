@@ -1,0 +1,202 @@
+"""``er-verl bench rollout``: one GRPO-like rollout, timed end to end, for each way of deciding K.
+
+Workload (seeded): P prompts × n samples; each group (prompt) gets its own acceptance α_g and every
+sample its own output length from a long-tailed distribution (most short, a few near ``--max-len``),
+so the running batch shrinks to a tail of long sequences, as in RL. Random-weight models accept almost
+nothing, so α_g is forced per request (``custom_params["er_force_alpha"]`` under the launch opt-in
+``ER_VERL_FORCE_ACCEPT``): a systems measurement of the controller, tagged as such in the JSON.
+
+Modes, one engine each: ``plain`` (SGLang), ``fixed`` (ours, every batch K = ``--fixed-k``), ``gate``
+(ours, the controller's gate with its best batch K, no bandit) and ``bandit`` (gate + per-group
+Thompson bandit). Ours writes a timeline (``ER_VERL_TIMELINE``: per decode call, time, running batch
+size, K); the PNG plots it per mode under the rollout times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+from er_verl.bench import decode
+
+MODES = ("plain", "fixed", "gate", "bandit")
+
+
+def workload(prompts: int, n: int, max_len: int, prompt_len: int, vocab: int, seed: int,
+             alphas: tuple[float, float] = (0.5, 0.95)) -> list[dict]:
+    """One dict per request: prompt ids, group, α of its group, max_new_tokens (long-tailed)."""
+    rng = random.Random(seed)
+    out = []
+    for g in range(prompts):
+        ids = [rng.randrange(1, vocab) for _ in range(prompt_len)]
+        alpha = rng.uniform(*alphas)
+        for _ in range(n):
+            # Pareto tail: median ~max_len/8, a few samples at max_len.
+            length = min(max_len, int(max_len / 8 * rng.paretovariate(1.5)))
+            out.append({"ids": ids, "group": f"g{g}", "alpha": round(alpha, 3), "max_new_tokens": max(8, length)})
+    return out
+
+
+def engine_launch(mode: str, args, model_path: str, timeline: str):
+    """(sglang.Engine kwargs, environment) of one mode."""
+    from er_verl.config import EfficientConfig
+    from er_verl.engine.server_args import self_draft_env, self_draft_server_args
+
+    common = dict(
+        model_path=model_path, load_format="dummy", skip_tokenizer_init=True, attention_backend="flashinfer",
+        disable_radix_cache=True, mem_fraction_static=args.mem_fraction, disable_prefill_cuda_graph=True,
+        max_running_requests=args.prompts * args.n, random_seed=args.seed, log_level="error",
+    )
+    off = dict(ER_VERL_ENGINE=None, ER_VERL_SELF_DRAFT=None, ER_VERL_SPEC_K=None, ER_VERL_FORCE_ACCEPT=None,
+               ER_VERL_CONTROL=None, ER_VERL_TIMELINE=None)
+    if mode == "plain":
+        return common, off
+    cfg = EfficientConfig(max_draft_len=args.kmax, gate="auto", bandit=mode == "bandit", seed=args.seed)
+    ours = self_draft_server_args(cfg, model_path, args.prompts * args.n)
+    ours["cuda_graph_max_bs_decode"] = min(decode.SPEC_GRAPH_BS, args.prompts * args.n)
+    env = {**off, "ER_VERL_ENGINE": "1", "ER_VERL_FORCE_ACCEPT": "0.5", "ER_VERL_TIMELINE": timeline}
+    if mode == "fixed":
+        env.update(self_draft_env(args.fixed_k))
+    else:
+        env.update(self_draft_env(None, cfg))
+    return {**common, **ours}, env
+
+
+def run_mode(mode: str, args, model_path: str, reqs: list[dict], out_dir: str) -> dict:
+    import sglang
+
+    timeline = os.path.join(out_dir, f"timeline_{mode}.jsonl")
+    if os.path.exists(timeline):
+        os.remove(timeline)
+    kwargs, env = engine_launch(mode, args, model_path, timeline)
+    with decode.environ(**env):
+        engine = sglang.Engine(**kwargs)
+    try:
+        engine.generate(input_ids=[reqs[0]["ids"]], sampling_params={"max_new_tokens": 8})  # warm-up
+        sampling = []
+        for r in reqs:
+            custom = {"er_group": r["group"]}
+            if mode != "plain":
+                custom["er_force_alpha"] = r["alpha"]
+            sampling.append(dict(max_new_tokens=r["max_new_tokens"], temperature=1.0, ignore_eos=True,
+                                 custom_params=custom))
+        start = time.perf_counter()
+        outs = engine.generate(input_ids=[r["ids"] for r in reqs], sampling_params=sampling)
+        wall = time.perf_counter() - start
+    finally:
+        engine.shutdown()
+    tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+    row = {"mode": mode, "rollout_s": wall, "tokens": tokens, "tok_s": tokens / wall}
+    if mode != "plain":
+        row["forced_alpha_per_group"] = True
+        row["timeline"] = read_timeline(timeline)
+    return row
+
+
+def read_timeline(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Rollout time of each mode and its change vs plain; share of decode calls that speculated."""
+    plain = next((r["rollout_s"] for r in rows if r["mode"] == "plain"), None)
+    out = {}
+    for r in rows:
+        s = {"rollout_s": r["rollout_s"]}
+        if plain:
+            s["vs_plain"] = r["rollout_s"] / plain - 1.0
+        tl = r.get("timeline") or []
+        if tl:
+            s["speculating_share"] = sum(1 for e in tl if e["k"] > 0) / len(tl)
+        out[r["mode"]] = s
+    return out
+
+
+def plot(rows: list[dict], png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_tl = [r for r in rows if r.get("timeline")]
+    fig, axes = plt.subplots(len(with_tl) + 1, 1, figsize=(9, 2.6 * (len(with_tl) + 1)), squeeze=False)
+    ax = axes[0][0]
+    ax.bar([r["mode"] for r in rows], [r["rollout_s"] for r in rows])
+    ax.set_ylabel("rollout seconds")
+    for ax, r in zip((a[0] for a in axes[1:]), with_tl):
+        t0 = r["timeline"][0]["t"]
+        t = [e["t"] - t0 for e in r["timeline"]]
+        ax.plot(t, [e["bs"] for e in r["timeline"]], color="tab:blue", label="running batch")
+        ax.set_ylabel("batch size")
+        k_ax = ax.twinx()
+        k_ax.step(t, [e["k"] for e in r["timeline"]], color="tab:red", where="post", label="K (0 = off)")
+        k_ax.set_ylabel("K")
+        ax.set_title(f"{r['mode']}: {r['rollout_s']:.1f} s", fontsize=9)
+    axes[-1][0].set_xlabel("seconds into the rollout")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--modes", default=",".join(MODES), help="comma list of plain, fixed, gate, bandit")
+    p.add_argument("--model", default=None, help="a model folder; default: config-only --shape, dummy weights")
+    p.add_argument("--shape", default="qwen3-8b")
+    p.add_argument("--vocab", type=int, default=151936)
+    p.add_argument("--prompts", type=int, default=128)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--max-len", type=int, default=4096)
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--kmax", type=int, default=5)
+    p.add_argument("--fixed-k", type=int, default=3)
+    p.add_argument("--mem-fraction", type=float, default=0.6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench_rollout.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="er-verl bench rollout", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return execute(p, p.parse_args(argv), argv)
+
+
+def execute(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or any(m not in MODES for m in modes):
+        p.error(f"--modes {args.modes!r}: each must be one of {', '.join(MODES)}")
+    if not 1 <= args.fixed_k <= args.kmax <= 16:
+        p.error(f"--fixed-k {args.fixed_k} / --kmax {args.kmax}: need 1 <= fixed-k <= kmax <= 16")
+    for name in ("prompts", "n", "max_len", "prompt_len"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"rows": []}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            report = json.load(f)
+    report["environment"] = decode.environment(args, argv)
+    reqs = workload(args.prompts, args.n, args.max_len, args.prompt_len, args.vocab, args.seed)
+    model_path = args.model or decode.make_config(args.shape, args.vocab)
+    for mode in modes:
+        if any(r["mode"] == mode for r in report["rows"]):
+            continue
+        report["rows"].append(run_mode(mode, args, model_path, reqs, out_dir))
+        report["summary"] = summarize(report["rows"])
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"{mode}: {report['rows'][-1]['rollout_s']:.1f} s", flush=True)
+    plot(report["rows"], os.path.splitext(args.out)[0] + ".png")
+    print(json.dumps(report.get("summary", {}), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
