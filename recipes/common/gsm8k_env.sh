@@ -29,6 +29,17 @@ absolute_if_dir() { if [ -d "$1" ]; then (cd "$1" && pwd); else echo "$1"; fi; }
 DATA_DIR=$(cd "$DATA_DIR" && pwd)
 MODEL=$(absolute_if_dir "$MODEL")
 
+# Overrides both run scripts pass to verl (data, policy, rollout pair, GPUs, run name).
+COMMON_OVERRIDES=(
+  data.train_files="$DATA_DIR/train.parquet"
+  data.val_files="$DATA_DIR/test.parquet"
+  actor_rollout_ref.model.path="$MODEL"
+  actor_rollout_ref.rollout.name="$ROLLOUT"
+  actor_rollout_ref.rollout.agent.default_agent_loop="$AGENT_LOOP"
+  trainer.n_gpus_per_node="$NGPUS"
+  trainer.experiment_name="$(basename "$MODEL")_$ROLLOUT"
+)
+
 run_or_print() {  # DRY_RUN=1: print the command one argument per line instead of running it
   if [ "${DRY_RUN:-0}" = 1 ]; then printf '%s\n' "$@"; else exec "$@"; fi
 }

@@ -21,13 +21,6 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../common/gsm8k_env.sh"
 
 cmd=($PY -m verl.trainer.main_ppo --config-path="$HERE/config" --config-name=grpo_gsm8k
-  data.train_files="$DATA_DIR/train.parquet"
-  data.val_files="$DATA_DIR/test.parquet"
-  actor_rollout_ref.model.path="$MODEL"
-  actor_rollout_ref.rollout.name="$ROLLOUT"
-  actor_rollout_ref.rollout.agent.default_agent_loop="$AGENT_LOOP"
-  trainer.n_gpus_per_node="$NGPUS"
-  trainer.experiment_name="$(basename "$MODEL")_$ROLLOUT"
-  "$@")
+  "${COMMON_OVERRIDES[@]}" "$@")
 
 run_or_print "${cmd[@]}"

@@ -24,14 +24,6 @@ source "$HERE/../common/gsm8k_env.sh"
 CRITIC_MODEL=$(absolute_if_dir "${CRITIC_MODEL:-$MODEL}")
 
 cmd=($PY -m verl.trainer.main_ppo --config-path="$HERE/config" --config-name=ppo_gsm8k
-  data.train_files="$DATA_DIR/train.parquet"
-  data.val_files="$DATA_DIR/test.parquet"
-  actor_rollout_ref.model.path="$MODEL"
-  critic.model.path="$CRITIC_MODEL"
-  actor_rollout_ref.rollout.name="$ROLLOUT"
-  actor_rollout_ref.rollout.agent.default_agent_loop="$AGENT_LOOP"
-  trainer.n_gpus_per_node="$NGPUS"
-  trainer.experiment_name="$(basename "$MODEL")_$ROLLOUT"
-  "$@")
+  "${COMMON_OVERRIDES[@]}" critic.model.path="$CRITIC_MODEL" "$@")
 
 run_or_print "${cmd[@]}"

@@ -9,12 +9,7 @@ from er_verl.engine.checks import ReportWriter, kv_sharing, rtn_mismatches, unsh
 from er_verl.engine.drafter import SelfDrafter, requantize_fp8_
 from er_verl.engine.sharing import SharingPlan
 
-
-class Fp8Layer(nn.Module):
-    def __init__(self, n, k):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(n, k).to(torch.float8_e4m3fn).t(), requires_grad=False)
-        self.weight_scale = nn.Parameter(torch.zeros(1, n), requires_grad=False)
+from layers import Fp8Layer  # noqa: E402 - tests/engine helper module
 
 
 def setup():

@@ -10,6 +10,8 @@ from er_verl.draft.quantize import quantize_fp8_per_channel
 from er_verl.engine.drafter import DraftLinear, SelfDrafter, requant_fn_for, requantize_fp8_
 from er_verl.engine.sharing import SharingPlan
 
+from layers import Fp8Layer  # noqa: E402 - tests/engine helper module
+
 
 class Target(nn.Module):
     def __init__(self):
@@ -120,15 +122,6 @@ def test_forward_runs_the_draft_runner():
         drafter.forward(object())
     drafter.runner = type("Runner", (), {"forward": lambda self, fb: type("Out", (), {"logits_output": ("logits", fb)})()})()
     assert drafter.forward("batch") == ("logits", "batch")
-
-
-class Fp8Layer(nn.Module):
-    """SGLang's online-fp8 layout: weight is q.t() ([K, N] view), weight_scale is [1, N]."""
-
-    def __init__(self, n, k):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(n, k).to(torch.float8_e4m3fn).t(), requires_grad=False)
-        self.weight_scale = nn.Parameter(torch.zeros(1, n), requires_grad=False)
 
 
 def test_fp8_requant_is_in_place_and_matches_the_reference():
