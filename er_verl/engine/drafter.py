@@ -120,6 +120,7 @@ class SelfDrafter:
         self.num_requants = 0
         self.forward_steps = 0  # draft forwards run, and how many replayed a CUDA graph
         self.graph_steps = 0
+        self.eager_reported = False  # one diagnosis line for the first draft step that ran eagerly
         self.last_seconds: Optional[float] = None
         self.listeners: list[Listener] = []
 
@@ -219,13 +220,35 @@ class SelfDrafter:
             raise RuntimeError("this SelfDrafter has no draft ModelRunner (built outside an engine)")
         out = self.runner.forward(forward_batch)
         self.forward_steps += 1
-        self.graph_steps += bool(getattr(out, "can_run_graph", False))
+        replayed = bool(getattr(out, "can_run_graph", False))
+        self.graph_steps += replayed
+        if not replayed and not self.eager_reported:
+            self.eager_reported = True
+            print(f"er_verl[scheduler]: WARNING a draft step ran eagerly: {_why_eager(self.runner, forward_batch)}",
+                  flush=True)
         return out.logits_output
 
     def _device(self) -> torch.device:
         if self.layers:
             return next(t for _, _, t in _layer_tensors(self.layers[0].layer)).device
         return torch.device("cpu")
+
+
+def _why_eager(runner: Any, forward_batch: Any) -> str:
+    """What the draft runner's decode graph runner saw in a batch it did not replay (a diagnosis line)."""
+    graphs = getattr(runner, "decode_cuda_graph_runner", None)
+    facts = {"graph_runner": type(graphs).__name__ if graphs is not None else None,
+             "forward_mode": getattr(forward_batch, "forward_mode", None),
+             "batch_size": getattr(forward_batch, "batch_size", None),
+             "capture_hidden_mode": getattr(forward_batch, "capture_hidden_mode", None)}
+    if graphs is not None:
+        facts.update(max_bs=getattr(graphs, "max_bs", None),
+                     graph_capture_hidden_mode=getattr(graphs, "capture_hidden_mode", None))
+        try:
+            facts["can_run_graph"] = graphs.can_run_graph(forward_batch)
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must not raise
+            facts["can_run_graph"] = repr(exc)
+    return ", ".join(f"{k}={v}" for k, v in facts.items())
 
 
 def _layer_tensors(layer: nn.Module):

@@ -122,3 +122,92 @@ class Timeline:
 def timeline_from_env(environ=os.environ):
     path = environ.get(TIMELINE_ENV, "").strip()
     return Timeline(path) if path else None
+
+
+TORCH_PROFILE_ENV = "ER_VERL_TORCH_PROFILE"  # "DIR[:SKIP:COUNT]": torch.profiler windows per (K, bs)
+
+
+class TorchWindows:
+    """``ER_VERL_TORCH_PROFILE=DIR[:SKIP:COUNT]``: for each (K, batch size) seen, skip its first SKIP decode
+    calls (default 20), then run ``torch.profiler`` over the next COUNT (default 10) and write
+    ``DIR/torchprof_k{K}_bs{B}.txt`` (wall ms per call; the top ops by GPU and by CPU self time) and a gzipped
+    chrome trace beside it. One window at a time; a window cut short by another (K, bs) is written as is.
+    For finding where a round's time goes on the GPU host; costs nothing when the variable is unset."""
+
+    def __init__(self, directory: str, skip: int = 20, count: int = 10, clock=time.perf_counter, writer=None):
+        self.directory, self.skip, self.count, self.clock = directory, skip, count, clock
+        self.writer = writer or _write_window  # (base path, profiler, calls, wall ms) -> None
+        self.seen: dict = defaultdict(int)
+        self.done: set = set()
+        self.active = None  # (key, profiler, t0, calls)
+
+    def before(self, k: int, bs: int) -> None:
+        key = (k, bs)
+        if self.active is not None and self.active[0] != key:
+            self._finish()
+        self.seen[key] += 1
+        if self.active is None and key not in self.done and self.seen[key] > self.skip:
+            prof = _torch_profiler() if self.writer is _write_window else None
+            self.active = [key, prof, self.clock(), 0]
+
+    def after(self) -> None:
+        if self.active is None:
+            return
+        self.active[3] += 1
+        if self.active[3] >= self.count:
+            self._finish()
+
+    def _finish(self) -> None:
+        (k, bs), prof, t0, calls = self.active
+        self.active = None
+        self.done.add((k, bs))
+        if prof is not None:
+            import torch
+
+            torch.cuda.synchronize()
+        wall = (self.clock() - t0) * 1e3 / max(calls, 1)
+        base = os.path.join(self.directory, f"torchprof_k{k}_bs{bs}")
+        self.writer(base, prof, (k, bs, calls, wall))
+        print(f"er_verl[profile] torch window K={k} bs={bs}: {calls} calls, {wall:.2f} ms/call -> {base}.txt",
+              flush=True)
+
+
+def _torch_profiler():
+    import torch
+
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                              torch.profiler.ProfilerActivity.CUDA])
+    prof.__enter__()
+    return prof
+
+
+def _write_window(base: str, prof, window: tuple) -> None:
+    """Stop ``prof``; write the op tables (``base.txt``) and the gzipped chrome trace (``base.json.gz``)."""
+    import gzip
+
+    k, bs, calls, wall = window
+    prof.__exit__(None, None, None)
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    avg = prof.key_averages()
+    lines = [f"K={k} bs={bs} calls={calls} wall_ms_per_call={wall:.3f}"]
+    for sort in ("self_cuda_time_total", "self_cpu_time_total"):
+        try:
+            lines += [f"--- sorted by {sort}", avg.table(sort_by=sort, row_limit=30, max_name_column_width=70)]
+        except Exception as exc:  # noqa: BLE001 - a renamed sort key must not lose the window
+            lines.append(f"--- {sort}: {exc!r}")
+    with open(base + ".txt", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    prof.export_chrome_trace(base + ".json")
+    with open(base + ".json", "rb") as src, gzip.open(base + ".json.gz", "wb") as dst:
+        dst.write(src.read())
+    os.remove(base + ".json")
+
+
+def torch_windows_from_env(environ=os.environ):
+    raw = environ.get(TORCH_PROFILE_ENV, "").strip()
+    if not raw:
+        return None
+    directory, *rest = raw.split(":")
+    if len(rest) not in (0, 2) or not all(r.isdigit() for r in rest):
+        raise ValueError(f"{TORCH_PROFILE_ENV}={raw!r}: expected DIR or DIR:SKIP:COUNT (decode calls)")
+    return TorchWindows(directory, *(int(r) for r in rest))

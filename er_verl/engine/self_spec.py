@@ -78,6 +78,9 @@ class SelfSpecMixin:
         self.refresh_drafter()
         k = self.round_k(batch)
         self.use_k(k)
+        windows = getattr(self, "torch_windows", None)
+        if windows is not None:
+            windows.before(k, len(batch.seq_lens))
         if k > 0:
             saved = {name: getattr(batch, name, None) for name in ROUND_MUTATES}
             try:
@@ -95,6 +98,8 @@ class SelfSpecMixin:
         if profiler is not None:
             profiler.end(k, getattr(result, "can_run_cuda_graph", False), self.drafter.forward_steps,
                          self.drafter.graph_steps)
+        if windows is not None:
+            windows.after()
         return result
 
     def round_failed(self, exc: BaseException) -> None:

@@ -41,7 +41,7 @@ from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.config import config_from_json
 from er_verl.engine import loader, spec_round, verify
-from er_verl.engine.profile import RoundProfiler, profile_every, timeline_from_env
+from er_verl.engine.profile import RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
 from er_verl.engine.weight_sync import EVENTS
 
@@ -158,6 +158,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         every = profile_every()
         self.profiler = RoundProfiler(every) if every else None
         self.timeline = timeline_from_env()
+        self.torch_windows = torch_windows_from_env()
         self.feedback = self._controller_feedback()
         if self.feedback is not None:
             EVENTS.subscribe(self.feedback.controller.on_weight_sync)

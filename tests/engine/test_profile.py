@@ -60,3 +60,22 @@ def test_timeline_appends_json_lines_in_batches(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"t": 0.0, "bs": 8, "k": 0}, {"t": 1.0, "bs": 4, "k": 3}, {"t": 2.0, "bs": 2, "k": 5}]
     assert timeline_from_env({}) is None and timeline_from_env({"ER_VERL_TIMELINE": str(path)}).path == str(path)
+
+
+def test_torch_windows_profile_each_k_and_bs_once_after_skipping():
+    from er_verl.engine.profile import TorchWindows, torch_windows_from_env
+
+    written = []
+    w = TorchWindows("/d", skip=2, count=3, clock=iter(range(0, 1000)).__next__,
+                     writer=lambda base, prof, window: written.append((base, window)))
+    for k, bs in [(4, 1)] * 7 + [(0, 1)] * 3 + [(4, 1)] * 4 + [(4, 8)] * 4:
+        w.before(k, bs)
+        w.after()
+    # (4,1): calls 3..5 profiled; (0,1): call 3 starts a window cut short by (4,1); (4,1) is not redone.
+    # The (4, 8) window is still open after its 4th call (2 of 3 profiled), so not written yet.
+    assert [(b, win[:3]) for b, win in written] == [("/d/torchprof_k4_bs1", (4, 1, 3)),
+                                                   ("/d/torchprof_k0_bs1", (0, 1, 1))]
+    assert torch_windows_from_env({}) is None
+    assert torch_windows_from_env({"ER_VERL_TORCH_PROFILE": "/x:5:7"}).count == 7
+    with pytest.raises(ValueError, match="DIR:SKIP:COUNT"):
+        torch_windows_from_env({"ER_VERL_TORCH_PROFILE": "/x:5"})
