@@ -40,7 +40,7 @@ from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
 from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.config import config_from_json
-from er_verl.engine import loader, spec_round, verify
+from er_verl.engine import loader, marlin_apply, spec_round, verify
 from er_verl.engine.profile import RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
 from er_verl.engine.weight_sync import EVENTS
@@ -64,6 +64,17 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         self.drafter = drafter
         self.drafter.runner = self.draft_runner
 
+    def init_cuda_graphs(self, *args, **kwargs):
+        """Stock init (the draft runner gets only its eager runner), then :meth:`capture_decode_graphs`.
+        The Marlin reduction mode (``ER_VERL_MARLIN_REDUCE``) is set before anything is captured."""
+        mode = marlin_apply.marlin_mode()
+        wrapped = marlin_apply.install(self.drafter.layers, mode)
+        if mode != "fp32":
+            print(f"er_verl[scheduler]: {'' if wrapped else 'WARNING '}drafter Marlin GEMMs with {mode} reduction: "
+                  f"{wrapped} of {len(self.drafter.layers)} layers", flush=True)
+        super().init_cuda_graphs(*args, **kwargs)
+        self.capture_decode_graphs()
+
     def alloc_memory_pool(self, memory_pool_config=None, req_to_token_pool=None, token_to_kv_pool_allocator=None):
         """Share the target's pools (no draft KV), then allocate and requantize the drafter's buffers.
 
@@ -86,10 +97,6 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         self.cuda_graph_runner = None
         self.cuda_graph_runner_for_draft_extend = None
 
-    def init_cuda_graphs(self, *args, **kwargs):
-        """Stock init (the draft runner gets only its eager runner), then :meth:`capture_decode_graphs`."""
-        super().init_cuda_graphs(*args, **kwargs)
-        self.capture_decode_graphs()
 
     def capture_decode_graphs(self) -> None:
         """SGLang's own DecodeCudaGraphRunner on the draft runner, captured as for a non-speculative model

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from er_verl.bench.decode import make_config  # noqa: E402
+from er_verl.engine.marlin_apply import marlin_mode  # noqa: E402
 from er_verl.models.tiny import SHAPES  # noqa: E402
 
 GOALS = {"requant_ms": 50, "drafter_bytes_ratio": 0.3, "step_ratio_bs_le_8": 0.35}
@@ -61,6 +62,8 @@ def target_runner(model_path: str, args):
         speculative_draft_model_quantization={"int4": "awq_marlin", "fp8": "fp8"}[args.drafter],
         disable_prefill_cuda_graph=True,  # decode steps are what is timed; prefill capture costs minutes
         cuda_graph_bs_decode=sorted(args.bs),  # only the timed sizes: each capture pass is minutes shorter
+        # The prompts of the largest batch are prefilled in one extend (bs 128 x 256 tokens overflowed 8192).
+        chunked_prefill_size=max(args.bs) * args.input_len, max_prefill_tokens=max(args.bs) * args.input_len,
     )
     if server_args.cuda_graph_config is not None:
         server_args.cuda_graph_config[Phase.DECODE].max_bs = max(args.bs)
@@ -80,11 +83,12 @@ def target_runner(model_path: str, args):
 def build_drafter(runner, server_args, kind: str):
     from sglang.srt.configs.model_config import ModelConfig
 
-    from er_verl.engine import loader
+    from er_verl.engine import loader, marlin_apply
 
     draft_config = ModelConfig.from_server_args(server_args, is_draft_model=True)
     drafter = loader.build_self_drafter(runner.model, draft_config, runner.load_config, kind)
     loader.materialize_drafter_(drafter, runner.model)
+    marlin_apply.install(drafter.layers, marlin_apply.marlin_mode())  # ER_VERL_MARLIN_REDUCE, as in the engine
     return drafter
 
 
@@ -184,7 +188,8 @@ def main() -> None:
           f"target {target_bytes / 2**30:.2f} GiB = {drafter_bytes / target_bytes:.3f}", flush=True)
     result = {
         "what": "self-drafter costs, Qwen3-8B shape, random weights", "drafter": args.drafter,
-        "gpu": torch.cuda.get_device_name(), "versions": versions(), "command": " ".join(sys.argv),
+        "gpu": torch.cuda.get_device_name(), "versions": versions(),
+        "marlin_reduce": marlin_mode(), "command": " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "shape": {**SHAPES["qwen3-8b"], "vocab_size": args.vocab, "input_len": args.input_len},
         "requant_ms": {"median": statistics.median(requant), "all": requant, "layers": len(drafter.layers)},
