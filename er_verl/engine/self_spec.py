@@ -92,7 +92,9 @@ class SelfSpecMixin:
                 k = 0
                 self.use_k(0)
         if k == 0:
-            result = super().forward_batch_generation(batch, on_publish)
+            result = self.plain_step(batch, on_publish)
+            if result is None:
+                result = super().forward_batch_generation(batch, on_publish)
         self.decode_stats.count(result)
         self.after_decode(batch, k, result)
         if profiler is not None:
@@ -129,6 +131,10 @@ class SelfSpecMixin:
 
     def use_k(self, k: int) -> None:
         """Make the runtime state for K active."""
+
+    def plain_step(self, batch: Any, on_publish=None):
+        """A K=0 step of our own, or None for the stock one (the default)."""
+        return None
 
     def speculative_round(self, batch: Any, k: int, on_publish=None):
         raise NotImplementedError

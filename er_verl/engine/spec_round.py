@@ -148,16 +148,11 @@ class SamplingTensors:
 
 def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Generator):
     """K drafter DECODE steps on the shared KV: (tokens [B, K] int64, q [B, K, V] fp32). See module doc."""
-    from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch, ForwardMode
-
-    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+    from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch
 
     runner = drafter.runner
     slots = draft_slots(runner.req_to_token_pool.req_to_token, batch.req_pool_indices, batch.seq_lens, k)
-    step = copy.copy(batch)
-    step.forward_mode, step.spec_info, step.return_logprob = ForwardMode.DECODE, None, False
-    step.spec_algorithm = SpeculativeAlgorithm.NONE  # a plain decode batch: replays the drafter's decode graph
-    step.return_hidden_states = False
+    step = decode_step_batch(batch)
     token = batch.spec_info.bonus_tokens.to(torch.int64)
     tokens, probs = [], []
     for i in range(k):
@@ -169,6 +164,58 @@ def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Ge
         tokens.append(token)
         probs.append(q)
     return torch.stack(tokens, 1), torch.stack(probs, 1)
+
+
+def decode_step_batch(batch):
+    """A shallow copy of a scheduler decode batch shown to a runner as a plain DECODE batch (no spec info,
+    no logprobs, no hidden states), so it replays that runner's decode CUDA graph."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    step = copy.copy(batch)
+    step.forward_mode, step.spec_info, step.return_logprob = ForwardMode.DECODE, None, False
+    step.spec_algorithm = SpeculativeAlgorithm.NONE
+    step.return_hidden_states = False
+    return step
+
+
+PLAIN_K0_ENV = "ER_VERL_PLAIN_K0"  # "1": K=0 is a plain target DECODE step (worker.SelfDraftWorker.target_graphs)
+
+
+def plain_k0_enabled(environ=None) -> bool:
+    raw = (environ if environ is not None else os.environ).get(PLAIN_K0_ENV, "").strip() or "0"
+    if raw not in ("0", "1"):
+        raise ValueError(f"{PLAIN_K0_ENV}={raw!r}: expected 1 (K=0 as a plain decode step) or 0 (SGLang's verify)")
+    return raw == "1"
+
+
+def plain_step(worker, batch, graphs, gen: torch.Generator):
+    """K = 0 as one plain target DECODE forward, or None when ``graphs`` cannot run this batch.
+
+    The draft runner (the target's KV pool and slot table) replays ``graphs``, the target model's own decode
+    CUDA graphs captured on that runner: the bonus token x̂ at position n is fed, its target K/V written to
+    ``req_to_token[r, n]``, and the next token is drawn from p by ``verify.draft_sample`` (SGLang's
+    temperature / top-k / top-p / min-p semantics, greedy = argmax). Never eager: an eager forward on the
+    draft runner would run the drafter, so a batch the graphs do not cover returns None (stock K=0 path)."""
+    from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch
+
+    runner = worker.drafter.runner
+    step = decode_step_batch(batch)
+    slots = draft_slots(runner.req_to_token_pool.req_to_token, batch.req_pool_indices, batch.seq_lens, 1)
+    _set_decode_step(step, batch, batch.spec_info.bonus_tokens.to(torch.int64), slots[0], 1)
+    step.capture_hidden_mode = CaptureHiddenMode.NULL
+    forward_batch = ForwardBatch.init_new(step, runner)
+    if not graphs.can_run_graph(forward_batch):
+        return None
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
+
+    with forward_context(ForwardContext(attn_backend=graphs.attn_backend)):
+        logits_output = graphs.execute(forward_batch)
+    s = SamplingTensors.of(batch.sampling_info)
+    token, _ = verify.draft_sample(logits_output.next_token_logits, s.temperature, s.top_k, s.top_p, s.min_p,
+                                   gen, s.need_filter)
+    return _result(batch, batch.seq_lens, logits_output, token[:, None], torch.ones_like(token), 0, s,
+                   can_graph=True, keep_alive=forward_batch)
 
 
 def _set_decode_step(step, batch, token, slots, ahead: int) -> None:
@@ -285,10 +332,6 @@ def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, 
 def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_draft=None):
     """Draft K, verify K+1, sample; returns SGLang's GenerationBatchResult for this decode batch.
     ``after_draft()`` (optional) is called between drafting and verifying (the controller's timing)."""
-    from sglang.srt.layers.utils.logprob import compute_spec_v2_logprobs
-    from sglang.srt.managers.scheduler import GenerationBatchResult
-    from sglang.srt.speculative.eagle_info import EagleDraftInput
-
     s = SamplingTensors.of(batch.sampling_info)
     seq_lens = batch.seq_lens
     draft_tokens, draft_probs = draft_chain(worker.drafter, batch, k, s, gen)
@@ -298,14 +341,26 @@ def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_dra
     logits_output = out.logits_output
     logits = logits_output.next_token_logits.view(len(seq_lens), k + 1, -1)    # [B, K+1, V]
     tokens, emitted = sample(logits, draft_tokens, draft_probs, s, gen, alpha)
-    fields = round_fields(tokens, emitted, seq_lens)
+    return _result(batch, seq_lens, logits_output, tokens, emitted, k, s, can_graph, forward_batch,
+                   routed_experts_output=out.routed_experts_output, indexer_topk_output=out.indexer_topk_output)
+
+
+def _result(batch, seq_lens, logits_output, tokens, emitted, k: int, s: SamplingTensors, can_graph: bool,
+            keep_alive, **extra):
+    """SGLang's GenerationBatchResult for a round that emitted ``tokens`` ([B, K+1], −1-padded), with the
+    target's logprobs when the batch asks for them."""
+    from sglang.srt.layers.utils.logprob import compute_spec_v2_logprobs
+    from sglang.srt.managers.scheduler import GenerationBatchResult
+    from sglang.srt.speculative.eagle_info import EagleDraftInput
+
+    fields = round_fields(tokens, emitted, seq_lens)  # seq_lens as before the round (verify rebinds the batch's)
     if batch.return_logprob:
+        logits = logits_output.next_token_logits.view(len(seq_lens), k + 1, -1)
         compute_spec_v2_logprobs(batch, logits_output, fields.next_token_ids, accept_index(emitted, k), k)
         logits_output.next_token_logprobs = verify.target_logprobs(logits, tokens, s.temperature, s.top_k)
     return GenerationBatchResult(
         logits_output=logits_output, next_token_ids=fields.next_token_ids, can_run_cuda_graph=can_graph,
         speculative_num_draft_tokens=k + 1, next_draft_input=EagleDraftInput(bonus_tokens=fields.bonus_tokens),
-        accept_lens=fields.accept_lens, new_seq_lens=fields.new_seq_lens,
-        routed_experts_output=out.routed_experts_output, indexer_topk_output=out.indexer_topk_output,
-        extra_keep_alive_refs=[forward_batch],
+        accept_lens=fields.accept_lens, new_seq_lens=fields.new_seq_lens, extra_keep_alive_refs=[keep_alive],
+        **extra,
     )

@@ -63,6 +63,7 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
             raise RuntimeError("er_verl: the draft model was not built by SelfDraftLoader (get_model_loader hook?)")
         self.drafter = drafter
         self.drafter.runner = self.draft_runner
+        self.target_graphs = getattr(self, "target_graphs", None)  # set by capture_decode_graphs (PLAIN_K0)
 
     def init_cuda_graphs(self, *args, **kwargs):
         """Stock init (the draft runner gets only its eager runner), then :meth:`capture_decode_graphs`.
@@ -103,19 +104,29 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         (one token per request): every draft step of ``spec_round.draft_chain`` then replays the graph
         for its batch size. The graphs read the drafter's int4 buffers, which requant rewrites in place.
         The runner is shown ``spec_algorithm`` NONE only while capturing (a speculative runner would
-        capture TARGET_VERIFY graphs); draft steps are plain DECODE batches with ``spec_info`` None."""
+        capture TARGET_VERIFY graphs); draft steps are plain DECODE batches with ``spec_info`` None.
+
+        With ``ER_VERL_PLAIN_K0`` on, a second set is captured on the same runner with the *target* model
+        and its own attention backend (``self.target_graphs``): K=0 then runs as a plain DECODE step of the
+        target (``spec_round.plain_step``) instead of SGLang's one-token TARGET_VERIFY pass."""
+        from sglang.srt.model_executor.runner.decode_cuda_graph_runner import DecodeCudaGraphRunner
         from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
         runner = self.draft_runner
-        saved = runner.spec_algorithm
+        saved = runner.spec_algorithm, runner.model, runner.decode_cuda_graph_runner
         runner.spec_algorithm = SpeculativeAlgorithm.NONE
+        self.target_graphs = None
         try:
             runner.init_decode_cuda_graph()
+            if spec_round.plain_k0_enabled():
+                runner.model = self.target_worker.model_runner.model
+                backend = runner._get_attention_backend(init_new_workspace=True)
+                self.target_graphs = DecodeCudaGraphRunner(runner, attn_backend=backend)
         finally:
-            runner.spec_algorithm = saved
+            runner.spec_algorithm, runner.model = saved[0], saved[1]
         graphs = runner.decode_cuda_graph_runner
-        print(f"er_verl[scheduler]: drafter decode CUDA graphs for bs {getattr(graphs, 'capture_bs', None)}",
-              flush=True)
+        print(f"er_verl[scheduler]: drafter decode CUDA graphs for bs {getattr(graphs, 'capture_bs', None)}"
+              + ("; target plain-decode graphs for K=0 too" if self.target_graphs is not None else ""), flush=True)
 
     def _draft_extend_for_prefill(self, batch, target_hidden_states, next_token_ids, mm_input_embeds=None):
         """No draft prefill (it would overwrite the shared KV): the next round starts from the bonus token."""
@@ -215,17 +226,21 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         """K for this decode batch: ``forced_k`` when the drafter is ready and the batch is supported, else 0.
 
         Routed to K=0 (stock path): idle batches, grammars, penalties / logit bias (not in verify.py yet)."""
-        info = batch.sampling_info
-        unsupported = (batch.forward_mode.is_idle() or batch.has_grammar or info is None
-                       or info.acc_additive_penalties is not None or info.acc_scaling_penalties is not None
-                       or info.logit_bias is not None
-                       or getattr(batch.spec_info, "bonus_tokens", None) is None)
-        if unsupported or not self.speculation_ready:
+        if SelfSpecWorkerV2.round_k_unsupported(batch) or not self.speculation_ready:
             return 0
         default = self.forced_k
         if self.feedback is not None and not any(spec_round.K_PARAM in (p or {}) for p in request_params(batch)):
             default = min(self.feedback.controller.choose(group_keys(batch)), self.speculative_num_steps_max)
         return self._from_params(spec_round.batch_k, batch, default, self.speculative_num_steps_max)
+
+    @staticmethod
+    def round_k_unsupported(batch) -> bool:
+        """Batches our steps do not handle (the stock path runs them): idle, grammars, penalties / logit
+        bias (not in verify.py yet), or no bonus token from the previous step."""
+        info = batch.sampling_info
+        return (batch.forward_mode.is_idle() or batch.has_grammar or info is None
+                or info.acc_additive_penalties is not None or info.acc_scaling_penalties is not None
+                or info.logit_bias is not None or getattr(batch.spec_info, "bonus_tokens", None) is None)
 
     def _controller_feedback(self):
         """The controller (``ER_VERL_CONTROL``: the EfficientConfig as JSON, set by the server) with its
@@ -277,6 +292,20 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             self.batch_alpha = self._from_params(spec_round.batch_alpha, batch, self.force_alpha)
             self.forced_warning(self.batch_alpha)
             spec_round.tag_forced(batch.reqs, self.batch_alpha, self.speculative_num_steps_max)
+
+    def plain_step(self, batch, on_publish=None):
+        """K=0 as the target's plain DECODE graph (``spec_round.plain_step``), or None: then the stock one-token
+        verify step runs (no target graphs captured, a batch size or batch kind they do not cover)."""
+        graphs = getattr(self._draft_worker, "target_graphs", None)
+        if graphs is None or self.round_k_unsupported(batch):
+            return None
+        result = spec_round.plain_step(self, batch, graphs, self._rng())
+        if result is None:
+            return None
+        if on_publish is not None:
+            on_publish(result.new_seq_lens)
+        self._draft_worker._draft_extend_for_decode(batch, result)
+        return result
 
     def speculative_round(self, batch, k: int, on_publish=None):
         """One shared-KV round (``spec_round.run_round``); stubs the FutureMap's draft fields like K=0."""

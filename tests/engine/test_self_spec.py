@@ -91,3 +91,15 @@ def test_speculation_ready_tracks_the_drafter():
     assert worker.refresh_drafter() is True
     worker.drafter.mark_dirty("tensor")
     assert not worker.speculation_ready
+
+
+def test_k0_uses_the_plain_step_when_it_returns_a_result_else_the_stock_step():
+    w = Worker()
+    w.drafter.refresh(w.target_worker.model_runner.model)
+    plain = type("Plain", (), {"can_run_cuda_graph": True})()
+    w.plain_step = lambda batch, on_publish=None: w.log.append(("plain",)) or plain
+    assert w.forward_batch_generation(Batch(extend=False)) is plain
+    assert w.log[-1] == ("plain",) and not any(e[0] == "forward" for e in w.log)
+    w.plain_step = lambda batch, on_publish=None: None  # graphs cannot run this batch: stock K=0 step
+    w.forward_batch_generation(Batch(extend=False))
+    assert w.log[-1] == ("forward", False, False)

@@ -47,8 +47,9 @@ def peaked_model_path(model_path, tmp_path_factory):
     return out
 
 
-def generate(path, prompts, sampling, spec_k=None, alpha=None, **request):
-    """Outputs of one engine: plain SGLang (spec_k None) or er_verl speculating with K = spec_k."""
+def generate(path, prompts, sampling, spec_k=None, alpha=None, plain_k0=None, **request):
+    """Outputs of one engine: plain SGLang (spec_k None) or er_verl speculating with K = spec_k
+    (``plain_k0``: ER_VERL_PLAIN_K0, K=0 steps as the target's own decode graph)."""
     import sglang
 
     if spec_k is None:
@@ -57,7 +58,7 @@ def generate(path, prompts, sampling, spec_k=None, alpha=None, **request):
     else:
         args = self_draft_server_args(EfficientConfig(max_draft_len=KMAX), path)
         force = None if alpha is None else str(alpha)
-        with environ(ER_VERL_ENGINE="1", ER_VERL_FORCE_ACCEPT=force, **self_draft_env(spec_k)):
+        with environ(ER_VERL_ENGINE="1", ER_VERL_FORCE_ACCEPT=force, ER_VERL_PLAIN_K0=plain_k0, **self_draft_env(spec_k)):
             engine = sglang.Engine(model_path=path, **{**ENGINE_KW, **args})
     try:
         return engine.generate(input_ids=prompts, sampling_params=sampling, **request)
@@ -111,6 +112,26 @@ def test_forced_acceptance_gives_expected_length(model_path, alpha):
     print(f"forced α={alpha}, K={KMAX}: {got:.3f} tokens per round, E(K) = {expected:.3f}; "
           f"meta keys {sorted(ours[0]['meta_info'])}")
     assert got == pytest.approx(expected, abs=0.2)
+
+
+def test_plain_k0_step_equals_plain_decoding(peaked_model_path):
+    """K=0 as the target's decode graph on the draft runner (ER_VERL_PLAIN_K0=1): greedy output identical to
+    plain SGLang's, and tokens 2..4 at T=1 follow plain decoding's distribution (chi-square, p > 1e-3)."""
+    from scipy.stats import chi2_contingency
+
+    greedy = {"max_new_tokens": 48, "temperature": 0.0, "ignore_eos": True}
+    plain = generate(peaked_model_path, PROMPTS, greedy)
+    ours = generate(peaked_model_path, PROMPTS, greedy, spec_k=0, plain_k0="1")
+    assert [o["output_ids"] for o in ours] == [p["output_ids"] for p in plain]
+    n = int(os.environ.get("ER_VERL_TEST_DRAWS", "4000"))
+    sampling = {"max_new_tokens": 4, "temperature": 1.0, "ignore_eos": True}
+    plain = generate(peaked_model_path, [PROMPTS[0]] * n, sampling)
+    ours = generate(peaked_model_path, [PROMPTS[0]] * n, sampling, spec_k=0, plain_k0="1")
+    for pos in (1, 2, 3):
+        p_value = chi2_contingency(contingency([o["output_ids"][pos] for o in plain],
+                                               [o["output_ids"][pos] for o in ours]))[1]
+        print(f"plain K=0 step, token {pos + 1}: p = {p_value:.4f}")
+        assert p_value > 1e-3, f"token {pos + 1}: plain-K0 and plain distributions differ (p = {p_value:.2e})"
 
 
 def test_next_token_distribution_equals_plain(peaked_model_path):
