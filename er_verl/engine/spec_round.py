@@ -179,11 +179,11 @@ def decode_step_batch(batch):
     return step
 
 
-PLAIN_K0_ENV = "ER_VERL_PLAIN_K0"  # "1": K=0 is a plain target DECODE step (worker.SelfDraftWorker.target_graphs)
+PLAIN_K0_ENV = "ER_VERL_PLAIN_K0"  # "1" (default): K=0 is a plain target DECODE step; "0": SGLang's 1-token verify
 
 
 def plain_k0_enabled(environ=None) -> bool:
-    raw = (environ if environ is not None else os.environ).get(PLAIN_K0_ENV, "").strip() or "0"
+    raw = (environ if environ is not None else os.environ).get(PLAIN_K0_ENV, "").strip() or "1"
     if raw not in ("0", "1"):
         raise ValueError(f"{PLAIN_K0_ENV}={raw!r}: expected 1 (K=0 as a plain decode step) or 0 (SGLang's verify)")
     return raw == "1"

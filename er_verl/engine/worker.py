@@ -63,7 +63,8 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
             raise RuntimeError("er_verl: the draft model was not built by SelfDraftLoader (get_model_loader hook?)")
         self.drafter = drafter
         self.drafter.runner = self.draft_runner
-        self.target_graphs = getattr(self, "target_graphs", None)  # set by capture_decode_graphs (PLAIN_K0)
+        # capture_decode_graphs (run inside super().__init__) may already have set the target's K=0 graphs
+        self.target_graphs = getattr(self, "target_graphs", None)
 
     def init_cuda_graphs(self, *args, **kwargs):
         """Stock init (the draft runner gets only its eager runner), then :meth:`capture_decode_graphs`.
@@ -106,7 +107,7 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         The runner is shown ``spec_algorithm`` NONE only while capturing (a speculative runner would
         capture TARGET_VERIFY graphs); draft steps are plain DECODE batches with ``spec_info`` None.
 
-        With ``ER_VERL_PLAIN_K0`` on, a second set is captured on the same runner with the *target* model
+        With ``ER_VERL_PLAIN_K0`` on (the default), a second set is captured on the same runner with the *target* model
         and its own attention backend (``self.target_graphs``): K=0 then runs as a plain DECODE step of the
         target (``spec_round.plain_step``) instead of SGLang's one-token TARGET_VERIFY pass."""
         from sglang.srt.model_executor.runner.decode_cuda_graph_runner import DecodeCudaGraphRunner

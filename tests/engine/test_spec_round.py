@@ -312,3 +312,11 @@ def test_draft_steps_of_a_gpu_only_batch_stay_sync_free(monkeypatch):
     sampling = spec_round.SamplingTensors(ones, torch.ones(2, dtype=torch.int64), ones, torch.zeros(2), False)
     spec_round.draft_chain(drafter, batch, 2, sampling, torch.Generator().manual_seed(0))
     assert [s.seq_lens_sum for s in drafter.steps] == [None, None]
+
+
+def test_plain_k0_is_on_by_default_and_checked():
+    from er_verl.engine.spec_round import plain_k0_enabled
+
+    assert plain_k0_enabled({}) is True and plain_k0_enabled({"ER_VERL_PLAIN_K0": "0"}) is False
+    with pytest.raises(ValueError, match="ER_VERL_PLAIN_K0"):
+        plain_k0_enabled({"ER_VERL_PLAIN_K0": "yes"})
