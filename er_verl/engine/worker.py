@@ -23,8 +23,8 @@ Why the stock draft path is off: with a shared KV pool, stock STANDALONE's ``_dr
 *target's* K/V at those positions with the drafter's (shifted) K/V, corrupting the target's cache. Only
 the K draft steps' own writes (positions the verify pass rewrites) are safe: ``spec_round.py`` runs
 exactly those (K drafter DECODE steps on the shared KV, one TARGET_VERIFY pass, exact sampling). K per
-decode batch is ``ER_VERL_SPEC_K`` (default 0: SGLang's trivial verify, one plain target step per round);
-runtime states are prepared at init for K in {0, Kmax, ER_VERL_SPEC_K}. The drafter is kept requantized,
+decode batch is ``ER_VERL_SPEC_K`` (default 0: one plain target DECODE step, ``spec_round.plain_step``);
+runtime states are prepared at init for every K in 0..Kmax. The drafter is kept requantized,
 so speculation can start at any step without catch-up.
 """
 
@@ -40,7 +40,7 @@ from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
 from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.config import config_from_json
-from er_verl.engine import loader, marlin_apply, spec_round, verify
+from er_verl.engine import loader, spec_round, verify
 from er_verl.engine.profile import RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
 from er_verl.engine.weight_sync import EVENTS
@@ -67,13 +67,7 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         self.target_graphs = getattr(self, "target_graphs", None)
 
     def init_cuda_graphs(self, *args, **kwargs):
-        """Stock init (the draft runner gets only its eager runner), then :meth:`capture_decode_graphs`.
-        The Marlin reduction mode (``ER_VERL_MARLIN_REDUCE``) is set before anything is captured."""
-        mode = marlin_apply.marlin_mode()
-        wrapped = marlin_apply.install(self.drafter.layers, mode)
-        if mode != "fp32":
-            print(f"er_verl[scheduler]: {'' if wrapped else 'WARNING '}drafter Marlin GEMMs with {mode} reduction: "
-                  f"{wrapped} of {len(self.drafter.layers)} layers", flush=True)
+        """Stock init (the draft runner gets only its eager runner), then :meth:`capture_decode_graphs`."""
         super().init_cuda_graphs(*args, **kwargs)
         self.capture_decode_graphs()
 
@@ -226,7 +220,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
     def round_k(self, batch) -> int:
         """K for this decode batch: ``forced_k`` when the drafter is ready and the batch is supported, else 0.
 
-        Routed to K=0 (stock path): idle batches, grammars, penalties / logit bias (not in verify.py yet)."""
+        Routed to K=0: unsupported batches (:meth:`round_k_unsupported`, which then take SGLang's own step)."""
         if SelfSpecWorkerV2.round_k_unsupported(batch) or not self.speculation_ready:
             return 0
         default = self.forced_k

@@ -29,7 +29,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from er_verl.bench.decode import make_config  # noqa: E402
-from er_verl.engine.marlin_apply import marlin_mode  # noqa: E402
 from er_verl.models.tiny import SHAPES  # noqa: E402
 
 GOALS = {"requant_ms": 50, "drafter_bytes_ratio": 0.3, "step_ratio_bs_le_8": 0.35}
@@ -83,12 +82,11 @@ def target_runner(model_path: str, args):
 def build_drafter(runner, server_args, kind: str):
     from sglang.srt.configs.model_config import ModelConfig
 
-    from er_verl.engine import loader, marlin_apply
+    from er_verl.engine import loader
 
     draft_config = ModelConfig.from_server_args(server_args, is_draft_model=True)
     drafter = loader.build_self_drafter(runner.model, draft_config, runner.load_config, kind)
     loader.materialize_drafter_(drafter, runner.model)
-    marlin_apply.install(drafter.layers, marlin_apply.marlin_mode())  # ER_VERL_MARLIN_REDUCE, as in the engine
     return drafter
 
 
@@ -189,7 +187,7 @@ def main() -> None:
     result = {
         "what": "self-drafter costs, Qwen3-8B shape, random weights", "drafter": args.drafter,
         "gpu": torch.cuda.get_device_name(), "versions": versions(),
-        "marlin_reduce": marlin_mode(), "command": " ".join(sys.argv),
+        "command": " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "shape": {**SHAPES["qwen3-8b"], "vocab_size": args.vocab, "input_len": args.input_len},
         "requant_ms": {"median": statistics.median(requant), "all": requant, "layers": len(drafter.layers)},
