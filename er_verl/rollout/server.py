@@ -2,6 +2,9 @@
 
 - launch: refuses unsupported modes with a sentence, validates ``custom.efficient``, loads SGLang's
   plugins before verl builds ``ServerArgs`` (so ServerArgs-time hooks apply), keeps ``meta_info``;
+  with ``speculate=True`` merges the self-drafter's ServerArgs (``engine/server_args.py``) into verl's
+  ``engine_kwargs.sglang`` and sets its environment (inherited by SGLang's schedulers), so the engine
+  worker runs with the controller choosing K per decode batch;
 - generate: guarantees a group key in ``custom_params["er_group"]`` (the GRPO uid from
   ``efficient_single_turn_agent``; otherwise a hash of the prompt, which the n samples of a
   single-turn GRPO group share) and maps spec metrics to verl's names;
@@ -10,6 +13,7 @@
 
 import hashlib
 import logging
+import os
 from typing import Any, Optional
 
 import ray
@@ -41,7 +45,7 @@ class EfficientSGLangHttpServer(SGLangHttpServer):
 
     def _init_efficient_state(self) -> None:
         self.efficient = efficient_config_from_rollout(self.config)
-        self.speculating = False  # no self-speculative worker in this build: plain SGLang decoding
+        self.speculating = False  # set at launch when the self-drafter is switched on
         self.num_weight_syncs = 0
         self._meta_by_rid: dict[str, dict] = {}
         self._warned_no_uid = False
@@ -51,13 +55,36 @@ class EfficientSGLangHttpServer(SGLangHttpServer):
         from er_verl.engine.plugin import enable_in_this_process
 
         # This actor's own environment (inherited by its SGLang schedulers), before verl builds ServerArgs.
-        enable_in_this_process()
         if self.efficient.speculate:
-            logger.warning("er_verl: this build has no self-speculative worker yet; decoding plainly.")
+            self._enable_self_draft()
+        enable_in_this_process()
         print(f"er_verl[server]: launching efficient_sglang with {self.efficient}", flush=True)
         await super().launch_server(master_address=master_address, master_port=master_port)
         if self.node_rank == 0:
             self._keep_meta_info()
+
+    def _enable_self_draft(self) -> None:
+        """Put the self-drafter's ServerArgs into a copy of ``engine_kwargs.sglang`` (verl pops from it)
+        and its environment into this actor's, which SGLang's scheduler processes inherit."""
+        from er_verl.engine.server_args import self_draft_env, self_draft_server_args
+
+        args = self_draft_server_args(self.efficient, self.model_config.local_path,
+                                      max_running_requests=self.config.get("max_num_seqs", None),
+                                      tp_size=int(self.config.tensor_model_parallel_size))
+        if self.config.get("engine_kwargs", None) is None:
+            self.config.engine_kwargs = {}
+        engine_kwargs = self.config.engine_kwargs
+        user = dict(engine_kwargs.get("sglang", None) or {})
+        clash = {k: user[k] for k in args if k in user and user[k] != args[k]}
+        if clash:
+            raise ValueError(
+                f"actor_rollout_ref.rollout.engine_kwargs.sglang sets {clash}, which the self-drafter sets to "
+                f"{ {k: args[k] for k in clash} }; remove those keys, or set "
+                "actor_rollout_ref.rollout.custom.efficient.speculate=False to decode plainly."
+            )
+        engine_kwargs["sglang"] = {**user, **args}
+        os.environ.update(self_draft_env(None, self.efficient))
+        self.speculating = True
 
     def _keep_meta_info(self) -> None:
         """Wrap the tokenizer manager so ``meta_info`` survives verl's generate (which drops it)."""

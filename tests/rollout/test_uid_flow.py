@@ -1,6 +1,7 @@
 """The GRPO uid travels: real agent loop → server generate → the SGLang GenerateReqInput."""
 
 import asyncio
+import json
 import os
 from types import SimpleNamespace
 
@@ -146,3 +147,57 @@ def test_with_group_copies():
     tagged = with_group(params, 12)
     assert tagged["custom_params"] == {"x": 1, GROUP_KEY: "12"} and params == {"custom_params": {"x": 1}}
     assert with_group(params, None) == params
+
+
+def restore_env(monkeypatch):
+    """The server writes the self-drafter's variables into its own environment: undo that after the test."""
+    from er_verl.config import EfficientConfig
+    from er_verl.engine.server_args import self_draft_env
+
+    for name in [*self_draft_env(0, EfficientConfig()), "ER_VERL_ENGINE"]:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+def launch_config(tmp_path, arch="Qwen2ForCausalLM", **sglang_kwargs):
+    _, rollout = trainer_config(AGENT_LOOP_NAME)
+    rollout.engine_kwargs = {"sglang": dict(sglang_kwargs)}
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": [arch], "hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 512}))
+    server = make_server(rollout, speculating=False)
+    server.model_config = SimpleNamespace(local_path=str(tmp_path))
+    return server, rollout
+
+
+def test_speculate_merges_self_draft_args_and_env(tmp_path, monkeypatch):
+    from er_verl.config import EfficientConfig
+
+    restore_env(monkeypatch)
+    server, rollout = launch_config(tmp_path, mem_fraction_static=0.5)
+    server.efficient = EfficientConfig(max_draft_len=3, gate="always")
+    server._enable_self_draft()
+    merged = rollout.engine_kwargs["sglang"]
+    assert merged["speculative_algorithm"] == "STANDALONE" and merged["speculative_num_steps"] == 3
+    assert merged["speculative_draft_model_path"] is None and merged["mem_fraction_static"] == 0.5
+    assert merged["max_running_requests"] == rollout.max_num_seqs
+    assert os.environ["ER_VERL_SELF_DRAFT"] == "1"
+    assert json.loads(os.environ["ER_VERL_CONTROL"])["gate"] == "always"
+    assert "ER_VERL_SPEC_K" not in os.environ  # the controller chooses K
+    assert server.speculating
+
+
+def test_speculate_refuses_conflicting_engine_kwargs(tmp_path, monkeypatch):
+    restore_env(monkeypatch)
+    server, rollout = launch_config(tmp_path, attention_backend="fa3")
+    with pytest.raises(ValueError, match="attention_backend"):
+        server._enable_self_draft()
+    assert rollout.engine_kwargs["sglang"] == {"attention_backend": "fa3"}  # untouched
+    assert "ER_VERL_SELF_DRAFT" not in os.environ and not server.speculating
+
+
+def test_speculate_refuses_unsupported_architecture(tmp_path, monkeypatch):
+    restore_env(monkeypatch)
+    server, _ = launch_config(tmp_path, arch="DeepseekV3ForCausalLM")
+    with pytest.raises(ValueError, match="speculate=False"):
+        server._enable_self_draft()

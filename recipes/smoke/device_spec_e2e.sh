@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# On the GPU host (after staging): verl GRPO end to end with the self-drafter switched on.
+#   PHASE=S: the GSM8K smoke (random-init 0.5B shape) with efficient_sglang, gate=auto and gate=always,
+#            3 steps each (every step ends in a weight sync, so the drafter is requantized through verl);
+#   PHASE=Q: the offline quickstart (SFT a small policy, GRPO with efficient_sglang and with sglang).
+# Results accumulate in $RES (restartable: a finished part is skipped); $OUT gets a tarball and summaries.
+set -uo pipefail
+source recipes/smoke/device_env.sh
+OUT=${OUT:-/tmp/out}; RES=${RES:-/tmp/er_res}; mkdir -p "$OUT" "$RES"
+export GSM8K_SRC=${GSM8K_SRC:-.data/gsm8k} WORK=${WORK:-/tmp/er_verl_smoke}
+
+smoke() {  # name, extra Hydra overrides...
+  local name=$1; shift
+  [ -f "$RES/smoke_$name.done" ] && { echo "== $name: done before"; return; }
+  local start=$(date +%s)
+  ROLLOUT=efficient_sglang STEPS=${STEPS:-3} timeout ${SMOKE_TIMEOUT:-420} bash recipes/smoke/run_grpo_smoke.sh "$@" \
+    > "$RES/smoke_$name.log" 2>&1
+  local rc=$?
+  echo "== $name rc=$rc wall=$(( $(date +%s) - start ))s" | tee -a "$RES/summary.txt"
+  grep -oE "step:[0-9]+ .*" "$RES/smoke_$name.log" | tr ' ' '\n' \
+    | grep -E "^(step|timing_s/(gen|step|update_weights)|response_length/mean|.*spec.*|er_verl.*)" | paste -sd' ' \
+    | tee -a "$RES/summary.txt"
+  grep -E "er_verl\[|WARNING|Traceback|Error" "$RES/smoke_$name.log" | sort | uniq -c | sort -rn | head -25 \
+    | tee -a "$RES/summary.txt"
+  [ $rc = 0 ] && touch "$RES/smoke_$name.done" || tail -80 "$RES/smoke_$name.log"
+}
+
+case ${PHASE:-S} in
+  S)
+    smoke auto
+    smoke always +actor_rollout_ref.rollout.custom.efficient.gate=always
+    ;;
+  Q)
+    timeout ${T:-560} python3 -m er_verl.cli quickstart --work "$RES/qs" --steps ${STEPS:-5} "$@" 2>&1 \
+      | tee -a "$RES/quickstart.txt" | tail -40
+    ;;
+esac
+nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$RES/summary.txt"
+tar czf "$OUT/er_res.tgz" --exclude='*.parquet' --exclude='*.safetensors' --exclude='ckpt' -C "$RES" . 2>/dev/null
+cp "$RES/summary.txt" "$OUT/" 2>/dev/null; true
