@@ -147,6 +147,12 @@ def fit_step_params(batch_sizes: Sequence[float], num_tokens: Sequence[float],
     return StepParams(*linear.tolist(), knee_tokens=float(best))
 
 
+def _scaled(p: StepParams, factor: float) -> StepParams:
+    """Every time term of ``p`` times ``factor`` (the knee, a token count, unchanged)."""
+    return StepParams(p.fixed_s * factor, p.per_seq_s * factor, p.per_token_s * factor,
+                      p.compute_per_token_s * factor, p.knee_tokens)
+
+
 class CostModel:
     """Per-kind step-time model: prior until samples arrive, refitted every `refit_every` samples.
 
@@ -196,11 +202,24 @@ class CostModel:
             self._pending[k] = 0
 
     def params(self, kind: StepKind | str) -> StepParams:
+        """Fitted parameters of ``kind``; a kind with no samples yet borrows TARGET's calibration
+        (:meth:`target_scale`), so an unmeasured draft or verify step is never predicted from the bare
+        roofline next to a measured target step (which would make speculation look free)."""
         kind = StepKind(kind)
         pending, stored = self._pending[kind], len(self._samples[kind])
         if pending >= self.refit_every or (pending and stored < self.refit_every):
             self.fit(kind)
+        if stored == 0 and kind is not StepKind.TARGET:
+            return _scaled(self.prior[kind], self.target_scale())
         return self._fitted[kind]
+
+    def target_scale(self) -> float:
+        """Measured / prior TARGET step time at the mean measured batch size (1.0 before any sample)."""
+        samples = self._samples[StepKind.TARGET]
+        if not samples:
+            return 1.0
+        b = float(np.mean([s[0] for s in samples]))
+        return self.params(StepKind.TARGET).predict(b, b) / self.prior[StepKind.TARGET].predict(b, b)
 
     def t_ar(self, batch_size: int) -> float:
         """Seconds for one plain target decode step at batch B."""

@@ -37,6 +37,7 @@ class RoundFeedback:
         self.pending: deque[Record] = deque(maxlen=max_pending)
         self._start = self._drafted = None
         self.harvested = 0
+        self.on_round: Optional[Callable[[int, list], None]] = None  # (K, accepted per request) listener
 
     def begin(self) -> None:
         """Start of a decode call: learn from finished records, then mark the start."""
@@ -64,7 +65,10 @@ class RoundFeedback:
                 self.controller.observe_step(StepKind.DRAFT, bs, r.start.elapsed_time(r.drafted) / 1e3 / r.k)
                 self.controller.observe_step(StepKind.VERIFY, bs, r.drafted.elapsed_time(r.end) / 1e3, r.k)
                 if r.accepted is not None:
-                    self.controller.observe_round(r.groups, r.k, r.accepted.tolist())
+                    accepted = r.accepted.tolist()
+                    self.controller.observe_round(r.groups, r.k, accepted)
+                    if self.on_round is not None:
+                        self.on_round(r.k, accepted)
             done += 1
         self.harvested += done
         return done

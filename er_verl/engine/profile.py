@@ -211,3 +211,48 @@ def torch_windows_from_env(environ=os.environ):
     if len(rest) not in (0, 2) or not all(r.isdigit() for r in rest):
         raise ValueError(f"{TORCH_PROFILE_ENV}={raw!r}: expected DIR or DIR:SKIP:COUNT (decode calls)")
     return TorchWindows(directory, *(int(r) for r in rest))
+
+
+class DecodeSummary:
+    """Always on: what the decode steps did since the last report, printed at each weight change (one
+    rollout of verl's) when any decode ran, e.g.
+
+        er_verl[scheduler]: 5120 decode calls, speculating in 12% (K histogram {0: 4500, 2: 620}),
+        mean batch 61.3, accepted 0.41 of drafted tokens (1.82 tokens per request-round)
+
+    Acceptance comes from the controller feedback (``note_round``), read lagged, so it never waits on
+    the GPU; without a controller it is left out."""
+
+    def __init__(self, out=None):
+        self.out = out or (lambda text: print(text, flush=True))
+        self.reset()
+
+    def reset(self) -> None:
+        self.k_counts: dict[int, int] = defaultdict(int)
+        self.requests = 0
+        self.drafted = self.accepted = self.request_rounds = 0
+
+    def record(self, batch_size: int, k: int) -> None:
+        self.k_counts[k] += 1
+        self.requests += batch_size
+
+    def note_round(self, k: int, accepted: list) -> None:
+        self.drafted += k * len(accepted)
+        self.accepted += sum(accepted)
+        self.request_rounds += len(accepted)
+
+    def line(self) -> str:
+        calls = sum(self.k_counts.values())
+        spec = calls - self.k_counts.get(0, 0)
+        text = (f"{calls} decode calls, speculating in {spec / calls:.0%} (K histogram "
+                f"{dict(sorted(self.k_counts.items()))}), mean batch {self.requests / calls:.1f}")
+        if self.drafted:
+            text += (f", accepted {self.accepted / self.drafted:.2f} of drafted tokens "
+                     f"({1 + self.accepted / self.request_rounds:.2f} tokens per request-round)")
+        return text
+
+    def report(self, *_args) -> None:
+        """Print and reset (an EVENTS listener: called with the source of a weight change)."""
+        if self.k_counts:
+            self.out(f"er_verl[scheduler]: {self.line()}")
+        self.reset()

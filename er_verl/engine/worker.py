@@ -41,7 +41,7 @@ from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.config import config_from_json
 from er_verl.engine import loader, spec_round, verify
-from er_verl.engine.profile import RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
+from er_verl.engine.profile import DecodeSummary, RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
 from er_verl.engine.weight_sync import EVENTS
 
@@ -172,7 +172,11 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.profiler = RoundProfiler(every) if every else None
         self.timeline = timeline_from_env()
         self.torch_windows = torch_windows_from_env()
+        self.summary = DecodeSummary()
+        EVENTS.subscribe(self.summary.report)
         self.feedback = self._controller_feedback()
+        if self.feedback is not None:
+            self.feedback.on_round = self.summary.note_round
         if self.feedback is not None:
             EVENTS.subscribe(self.feedback.controller.on_weight_sync)
         self._generator = None
@@ -260,6 +264,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             self.feedback.begin()
 
     def after_decode(self, batch, k: int, result) -> None:
+        self.summary.record(len(batch.reqs), k)
         if self.timeline is not None:
             self.timeline.record(len(batch.reqs), k)
         if self.feedback is not None:

@@ -3,10 +3,11 @@
 #   PHASE=S: the GSM8K smoke (random-init 0.5B shape) with efficient_sglang, gate=auto and gate=always,
 #            3 steps each (every step ends in a weight sync, so the drafter is requantized through verl);
 #   PHASE=Q: the offline quickstart (SFT a small policy, GRPO with efficient_sglang and with sglang).
-# Results accumulate in $RES (restartable: a finished part is skipped); $OUT gets a tarball and summaries.
+# Logs go straight to $RES (default $OUT, so they come back even when a call runs past its limit).
+#   PHASE=S NAMES="auto always": which smoke variants to run.
 set -uo pipefail
 source recipes/smoke/device_env.sh
-OUT=${OUT:-/tmp/out}; RES=${RES:-/tmp/er_res}; mkdir -p "$OUT" "$RES"
+OUT=${OUT:-/tmp/out}; RES=${RES:-$OUT}; mkdir -p "$OUT" "$RES"
 export GSM8K_SRC=${GSM8K_SRC:-.data/gsm8k} WORK=${WORK:-/tmp/er_verl_smoke}
 
 smoke() {  # name, extra Hydra overrides...
@@ -27,14 +28,21 @@ smoke() {  # name, extra Hydra overrides...
 
 case ${PHASE:-S} in
   S)
-    smoke auto
-    smoke always +actor_rollout_ref.rollout.custom.efficient.gate=always
+    for name in ${NAMES:-auto always}; do
+      case $name in
+        auto) smoke auto ;;
+        always) smoke always +actor_rollout_ref.rollout.custom.efficient.gate=always ;;
+        plain) smoke plain +actor_rollout_ref.rollout.custom.efficient.speculate=False ;;
+      esac
+    done
     ;;
   Q)
-    timeout ${T:-560} python3 -m er_verl.cli quickstart --work "$RES/qs" --steps ${STEPS:-5} "$@" 2>&1 \
+    ER_VERL_PROFILE_EVERY=${ER_VERL_PROFILE_EVERY:-1000} timeout ${T:-560} python3 -m er_verl.cli quickstart --work ${QS_WORK:-/tmp/er_qs} --steps ${STEPS:-5} "$@" 2>&1 \
       | tee -a "$RES/quickstart.txt" | tail -40
+    cp /tmp/er_qs/summary.json /tmp/er_qs/quickstart.png "$RES/" 2>/dev/null
+    tar czf "$RES/qs_logs.tgz" -C ${QS_WORK:-/tmp/er_qs} logs 2>/dev/null
     ;;
 esac
 nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$RES/summary.txt"
-tar czf "$OUT/er_res.tgz" --exclude='*.parquet' --exclude='*.safetensors' --exclude='ckpt' -C "$RES" . 2>/dev/null
-cp "$RES/summary.txt" "$OUT/" 2>/dev/null; true
+[ "$RES" = "$OUT" ] || tar czf "$OUT/er_res.tgz" --exclude='*.parquet' --exclude='*.safetensors' --exclude='ckpt' -C "$RES" .
+true

@@ -135,3 +135,17 @@ def test_bad_inputs_raise():
         CostModel.from_dict({"format": "other"})
     with pytest.raises(ValueError, match="prior"):
         CostModel({StepKind.TARGET: TRUE[StepKind.TARGET]})
+
+
+def test_unmeasured_kinds_borrow_the_measured_target_scale():
+    """A small model whose target steps measure 10x the roofline (launch-bound): before any draft or
+    verify sample, those kinds are scaled by the same factor, so speculation does not look free."""
+    model = CostModel.from_roofline(ModelShape(num_params=0.5e9))
+    prior_ratio = model.t_draft(64) / model.t_ar(64)
+    for b in (8, 64, 128) * 40:
+        model.observe("target", b, 10 * model.prior[StepKind.TARGET].predict(b, b))
+    assert model.target_scale() == pytest.approx(10.0, rel=0.05)
+    assert model.t_draft(64) / model.t_ar(64) == pytest.approx(prior_ratio, rel=0.05)
+    assert model.t_verify(64, 2) == pytest.approx(10 * model.prior[StepKind.VERIFY].predict(64, 192), rel=0.05)
+    model.observe("draft", 64, 1e-3)  # once a kind has its own samples, it stops borrowing
+    assert model.t_draft(64) == pytest.approx(1e-3, rel=0.5)

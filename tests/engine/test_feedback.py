@@ -57,3 +57,21 @@ def test_end_without_begin_is_ignored_and_the_queue_is_bounded():
     for _ in range(5):
         fb.begin(); clock.t += 1; fb.end(["a"], 0)
     assert len(fb.pending) == 2
+
+
+def test_harvested_rounds_reach_the_decode_summary():
+    from er_verl.engine.profile import DecodeSummary
+
+    clock, lines = Clock(), []
+    summary = DecodeSummary(out=lines.append)
+    fb = RoundFeedback(Recorder(), event_factory=lambda: FakeEvent(clock))
+    fb.on_round = summary.note_round
+    for k, accepted in ((0, None), (4, torch.tensor([3, 1])), (0, None), (0, None)):
+        summary.record(2, k)
+        fb.begin(); clock.t += 1; fb.drafted() if k else None; clock.t += 1; fb.end(["a", "b"], k, accepted)
+    fb.harvest()
+    summary.report("tensor")
+    assert lines == ["er_verl[scheduler]: 4 decode calls, speculating in 25% (K histogram {0: 3, 4: 1}), "
+                     "mean batch 2.0, accepted 0.50 of drafted tokens (3.00 tokens per request-round)"]
+    summary.report("resume")  # nothing decoded since: no line
+    assert len(lines) == 1
