@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from er_verl.draft.quantize import quantize_fp8_per_channel
+from er_verl.engine.faults import Faults
 from er_verl.engine.sharing import SharingPlan
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class SelfDrafter:
         self.eager_reported = False  # one diagnosis line for the first draft step that ran eagerly
         self.last_seconds: Optional[float] = None
         self.listeners: list[Listener] = []
+        self.faults = Faults.from_env()  # ER_VERL_FAULT: injected requant failures (reliability tests)
 
     # ---------------------------------------------------------------- building
 
@@ -168,6 +170,7 @@ class SelfDrafter:
             return self.ready
         sources, self.pending_sources, self.is_dirty = self.pending_sources, [], False
         try:
+            self.faults.check("requant")
             seconds = self.requantize_(target_model)
         except Exception as exc:  # noqa: BLE001 - a rollout must go on without speculation
             self.ready = False

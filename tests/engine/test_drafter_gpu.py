@@ -5,7 +5,7 @@ JSON line per requant (``er_verl/engine/checks.py``): each int4 layer read back 
 GEMM vs RTN(target weight), shared-tensor storage, KV-pool identity, buffer addresses, a checksum of
 the target's weights. These tests drive the engine and read that file; a failure prints the line.
 
-The tests share one engine and run in file order: launch → tensor update → 20 release/resume cycles.
+The tests share one engine and run in file order: launch → tensor update → 100 release/resume cycles.
 The first engine boot on a fresh host JIT-compiles kernels (minutes).
 """
 
@@ -157,14 +157,28 @@ def test_tensor_update_reaches_the_target_and_the_drafter_is_requantized_in_plac
     )
 
 
-def test_twenty_release_resume_cycles_then_one_lazy_requant(drafted):
+CYCLES = 100
+
+
+def test_hundred_release_resume_cycles_then_one_lazy_requant_and_no_memory_growth(drafted):
+    """100 release/resume cycles (verl's sleep/wake-up), then one lazy requant: exact, in place, and the
+    device's used memory after the last resume is within 32 MiB of the first (cudaMemGetInfo sees the
+    scheduler process)."""
     before = drafted.events()[-1]
-    for _ in range(20):
+    used = []
+    for cycle in range(CYCLES):
         drafted.engine.release_memory_occupation()
         drafted.engine.resume_memory_occupation()
+        if cycle in (0, CYCLES - 1):
+            free, total = torch.cuda.mem_get_info()
+            used.append(total - free)
+    growth = used[-1] - used[0]
+    print(f"device memory used after resume 1: {used[0] / 2**20:.0f} MiB, after resume {CYCLES}: "
+          f"{used[-1] / 2**20:.0f} MiB (growth {growth / 2**20:.1f} MiB)")
+    assert growth <= 32 << 20, f"GPU memory grew by {growth / 2**20:.1f} MiB over {CYCLES} release/resume cycles"
     drafted.decode_a_few_tokens()
     events = drafted.new_events()
-    assert len(events) == 1 and events[0]["sources"] == ["resume"] * 20, [show(e) for e in events]
+    assert len(events) == 1 and events[0]["sources"] == ["resume"] * CYCLES, [show(e) for e in events]
     assert_exact_and_shared(events[0])
     assert events[0]["buffer_ptrs"] == before["buffer_ptrs"], "drafter buffers moved across release/resume"
     assert events[0]["target_checksum"] == pytest.approx(before["target_checksum"], rel=1e-6), (

@@ -33,20 +33,6 @@ ENGINE_KW = dict(
 PROMPTS = [[5, 6, 7, 8], [11, 12, 13], [40, 41, 42, 43, 44, 45], [100, 7, 300]]
 
 
-@pytest.fixture(scope="module")
-def peaked_model_path(model_path, tmp_path_factory):
-    """The tiny model with its (tied) embeddings ×SCALE: logits ~×SCALE, so a few tokens dominate."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = str(tmp_path_factory.mktemp("peaked") / "model")
-    model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.bfloat16)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(float(os.environ.get("ER_VERL_TEST_PEAK", "6")))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_path).save_pretrained(out)
-    return out
-
-
 def generate(path, prompts, sampling, spec_k=None, alpha=None, plain_k0=None, **request):
     """Outputs of one engine: plain SGLang (spec_k None) or er_verl speculating with K = spec_k
     (``plain_k0``: ER_VERL_PLAIN_K0, K=0 steps as the target's own decode graph)."""

@@ -1,0 +1,159 @@
+"""Issue 7 on the GPU: exactness over >= 1e5 sampled tokens, a long-tailed rollout of 1024 sequences with
+an abort in the middle (SGLang's own KV/slot invariant checks on at every busy step and at idle), and
+injected faults falling back to plain decoding. A tiny random Qwen2; ``peaked_model_path`` scales its
+tied embeddings so that acceptance is non-trivial. CUDA only; the first boot on a fresh host JIT-compiles.
+"""
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from engine_env import environ
+from test_spec_round_gpu import PROMPTS, contingency, tokens_per_round
+
+from er_verl.config import EfficientConfig
+from er_verl.engine.server_args import self_draft_env, self_draft_server_args
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+KMAX = 3
+ENGINE_KW = dict(
+    mem_fraction_static=0.3, log_level="error", attention_backend="flashinfer", cuda_graph_max_bs_decode=64,
+    disable_prefill_cuda_graph=True, random_seed=0, max_running_requests=64,
+)
+# Temperature 0.6 and 1.0, each with top-p and with top-k (and min-p once): SGLang's sampling semantics.
+CONFIGS = [
+    {"temperature": 0.6, "top_p": 0.9},
+    {"temperature": 1.0, "top_k": 20},
+    {"temperature": 0.6, "top_k": 30, "top_p": 0.95},
+    {"temperature": 1.0, "top_p": 0.8, "min_p": 0.05},
+]
+
+
+def engine(path, *, spec=None, engine_kw=None, **env):
+    """Plain SGLang (spec None) or er_verl: spec = ("k", K) forces K; ("cfg", EfficientConfig) runs the controller."""
+    import sglang
+
+    kw = {**ENGINE_KW, **(engine_kw or {})}
+    if spec is None:
+        with environ(ER_VERL_ENGINE=None, ER_VERL_SELF_DRAFT=None, **env):
+            return sglang.Engine(model_path=path, **kw)
+    kind, value = spec
+    cfg = value if kind == "cfg" else EfficientConfig(max_draft_len=KMAX)
+    extra = self_draft_env(value, None) if kind == "k" else self_draft_env(None, cfg)
+    with environ(ER_VERL_ENGINE="1", **extra, **env):
+        return sglang.Engine(model_path=path, **{**kw, **self_draft_server_args(cfg, path)})
+
+
+def run(path, prompts, sampling, spec=None, **env):
+    eng = engine(path, spec=spec, **env)
+    try:
+        return eng.generate(input_ids=prompts, sampling_params=sampling)
+    finally:
+        eng.shutdown()
+
+
+def test_sampled_tokens_follow_plain_decoding_over_1e5_tokens(peaked_model_path):
+    """Per config and per position 1..NEW, the token distribution of speculative decoding (K=3) equals plain
+    SGLang's (two-sample chi-square; one token per sequence per test, so draws are independent)."""
+    from scipy.stats import chi2_contingency
+
+    seqs, new = int(os.environ.get("ER_VERL_TEST_SEQS", "2560")), 10
+    sampling = [{**cfg, "max_new_tokens": new, "ignore_eos": True} for cfg in CONFIGS for _ in range(seqs)]
+    prompts = [PROMPTS[0]] * len(sampling)
+    plain = run(peaked_model_path, prompts, sampling)
+    ours = run(peaked_model_path, prompts, sampling, spec=("k", KMAX))
+    tokens = sum(len(o["output_ids"]) for o in ours)
+    print(f"{tokens} tokens per engine; {tokens_per_round(ours):.2f} tokens per round at K={KMAX}")
+    assert tokens >= 100_000
+    assert tokens_per_round(ours) > 1.3, "acceptance too low for the test to exercise the rejection sampler"
+    worst = []
+    for c, cfg in enumerate(CONFIGS):
+        rows = slice(c * seqs, (c + 1) * seqs)
+        for pos in range(1, new):
+            table = contingency([o["output_ids"][pos] for o in plain[rows]], [o["output_ids"][pos] for o in ours[rows]])
+            p_value = chi2_contingency(table)[1] if table.shape[1] > 1 else 1.0
+            worst.append((p_value, cfg, pos))
+    worst.sort(key=lambda w: w[0])
+    print("smallest p-values:", [(f"{p:.2e}", cfg, pos) for p, cfg, pos in worst[:5]])
+    # 36 tests: a family-wise false alarm below 0.4 %; a wrong sampler gives p far below this with 2560 draws.
+    assert worst[0][0] > 1e-4, f"speculative and plain distributions differ: {worst[:3]}"
+
+
+def test_long_tailed_rollout_with_abort_keeps_kv_accounting(peaked_model_path):
+    """1024 sequences, output lengths long-tailed up to 2048 tokens, the controller choosing K (gate always);
+    64 requests of a second wave aborted mid-flight. SGLang asserts its KV/slot invariants at every busy
+    step (SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY) and raises on a leak when idle (its default);
+    every finished request returns all its tokens with one log-prob each, every aborted one what it made."""
+    rng = np.random.default_rng(0)
+    lengths = np.minimum(2048, np.maximum(16, rng.lognormal(5.0, 1.0, 1024))).astype(int).tolist()
+    cfg = EfficientConfig(max_draft_len=KMAX, gate="always")
+    eng = engine(peaked_model_path, spec=("cfg", cfg), SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY="1")
+    try:
+        sampling = [{"temperature": 1.0, "top_p": 0.95, "max_new_tokens": n, "ignore_eos": True} for n in lengths]
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(lengths))]
+        outs = eng.generate(input_ids=prompts, sampling_params=sampling, return_logprob=True)
+        for o, n in zip(outs, lengths):
+            assert len(o["output_ids"]) == n and len(o["meta_info"]["output_token_logprobs"]) == n
+        print(f"1024 sequences, {sum(lengths)} tokens, {tokens_per_round(outs):.2f} tokens per round, "
+              f"longest {max(lengths)}")
+
+        rids = [f"abort-{i}" for i in range(128)]
+
+        async def wave():
+            task = eng.async_generate(input_ids=[PROMPTS[0]] * 128, rid=rids, return_logprob=True,
+                                      sampling_params={"temperature": 1.0, "max_new_tokens": 1024, "ignore_eos": True})
+            gen = asyncio.ensure_future(task)
+            await asyncio.sleep(0.5)
+            for rid in rids[::2]:
+                eng.tokenizer_manager.abort_request(rid)
+            return await gen
+
+        wave_out = eng.loop.run_until_complete(wave())
+        aborted = [o for o in wave_out if o["meta_info"]["finish_reason"]["type"] == "abort"]
+        assert aborted, "no request was aborted (the wave finished before the abort)"
+        for o in wave_out:
+            n = len(o["output_ids"])
+            assert len(o["meta_info"]["output_token_logprobs"]) == n
+            assert n == 1024 or o in aborted
+        print(f"abort wave: {len(aborted)} aborted, made {[len(o['output_ids']) for o in aborted[:6]]} tokens")
+
+        import time
+
+        time.sleep(2)  # idle: SGLang's idle check raises on a KV or slot leak
+        again = eng.generate(input_ids=[PROMPTS[1]], sampling_params={"max_new_tokens": 8, "ignore_eos": True})
+        assert len(again["output_ids"]) == 8
+    finally:
+        eng.shutdown()
+
+
+def test_injected_faults_fall_back_to_plain_decoding(peaked_model_path):
+    """The 3rd speculative round raises, and the requant after the first release/resume fails: both times
+    the generation completes plainly (no drafts proposed) until the next good requant brings speculation back."""
+    sampling = {"temperature": 1.0, "max_new_tokens": 64, "ignore_eos": True}
+    eng = engine(peaked_model_path, spec=("k", KMAX), ER_VERL_FAULT="round@3,requant@2",
+                 engine_kw={"enable_memory_saver": True, "enable_weights_cpu_backup": True})
+    drafts = lambda outs: sum(o["meta_info"].get("spec_num_proposed_drafts", 0) or 0 for o in outs)  # noqa: E731
+    try:
+        first = eng.generate(input_ids=PROMPTS, sampling_params=sampling)  # round 3 raises: plain from there
+        assert all(len(o["output_ids"]) == 64 for o in first)
+        after_round_fault = eng.generate(input_ids=PROMPTS, sampling_params=sampling)
+        assert drafts(after_round_fault) == 0, "speculation went on after a failed round (before any weight sync)"
+        eng.release_memory_occupation()
+        eng.resume_memory_occupation()  # requant #2 raises: still plain
+        after_requant_fault = eng.generate(input_ids=PROMPTS, sampling_params=sampling)
+        assert all(len(o["output_ids"]) == 64 for o in after_requant_fault) and drafts(after_requant_fault) == 0
+        eng.release_memory_occupation()
+        eng.resume_memory_occupation()  # requant #3 succeeds: speculation is back
+        recovered = eng.generate(input_ids=PROMPTS, sampling_params=sampling)
+        assert drafts(recovered) > 0, "speculation did not come back after a good requant"
+        print(f"drafts proposed: first {drafts(first)}, after round fault {drafts(after_round_fault)}, after "
+              f"requant fault {drafts(after_requant_fault)}, recovered {drafts(recovered)}")
+    finally:
+        eng.shutdown()
