@@ -173,6 +173,7 @@ class CostModel:
         self._fitted = dict(self.prior)
         self._samples = {k: deque(maxlen=window) for k in StepKind}
         self._pending = {k: 0 for k in StepKind}
+        self._target_scale = 1.0  # measured / prior TARGET time, updated at each TARGET refit
         self.refit_every, self.prior_weight = refit_every, prior_weight
 
     @classmethod
@@ -200,6 +201,9 @@ class CostModel:
                                               fit_per_token=k is StepKind.VERIFY,
                                               prior_weight=self.prior_weight)
             self._pending[k] = 0
+            if k is StepKind.TARGET and cols[0]:
+                b = float(np.mean(cols[0]))
+                self._target_scale = self._fitted[k].predict(b, b) / self.prior[k].predict(b, b)
 
     def params(self, kind: StepKind | str) -> StepParams:
         """Fitted parameters of ``kind``; a kind with no samples yet borrows TARGET's calibration
@@ -214,12 +218,10 @@ class CostModel:
         return self._fitted[kind]
 
     def target_scale(self) -> float:
-        """Measured / prior TARGET step time at the mean measured batch size (1.0 before any sample)."""
-        samples = self._samples[StepKind.TARGET]
-        if not samples:
-            return 1.0
-        b = float(np.mean([s[0] for s in samples]))
-        return self.params(StepKind.TARGET).predict(b, b) / self.prior[StepKind.TARGET].predict(b, b)
+        """Measured / prior TARGET step time at the mean measured batch size (1.0 before any sample);
+        computed when TARGET is refitted, so asking costs nothing on the decode path."""
+        self.params(StepKind.TARGET)  # refits TARGET (and its scale) if samples are pending
+        return self._target_scale
 
     def t_ar(self, batch_size: int) -> float:
         """Seconds for one plain target decode step at batch B."""
