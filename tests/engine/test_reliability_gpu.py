@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine_env import environ
-from test_spec_round_gpu import PROMPTS, contingency, tokens_per_round
+from test_spec_round_gpu import ENGINE_KW, KMAX, PROMPTS, contingency, tokens_per_round
 
 from er_verl.config import EfficientConfig
 from er_verl.engine.server_args import self_draft_env, self_draft_server_args
@@ -22,11 +22,6 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-KMAX = 3
-ENGINE_KW = dict(
-    mem_fraction_static=0.3, log_level="error", attention_backend="flashinfer", cuda_graph_max_bs_decode=64,
-    disable_prefill_cuda_graph=True, random_seed=0, max_running_requests=64,
-)
 # Temperature 0.6 and 1.0, each with top-p and with top-k (and min-p once): SGLang's sampling semantics.
 CONFIGS = [
     {"temperature": 0.6, "top_p": 0.9},
