@@ -1,13 +1,17 @@
 """Fault injection for the reliability tests: ``ER_VERL_FAULT="requant@2,round@5"`` makes the 2nd drafter
 requant and the 5th speculative round raise, to show that each falls back to plain decoding with a warning
-and the rollout completes. Unset (the default) it costs one integer increment per event."""
+and the rollout completes. ``capture@N`` makes the N-th CUDA-graph set er_verl captures at launch run out of
+memory inside stream capture (a real allocator OOM, :func:`oom_in_capture`); the order is the worker's
+(``worker.py``: drafter decode graphs, the target's K=0 decode graphs, then the verify state of K=0, 1, ...).
+Unset (the default) it costs one integer increment per event."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 FAULT_ENV = "ER_VERL_FAULT"
-KINDS = ("requant", "round")
+KINDS = ("requant", "round", "capture")
 
 
 class InjectedFault(RuntimeError):
@@ -35,8 +39,40 @@ class Faults:
     def from_env(cls, environ=os.environ) -> "Faults":
         return cls(parse(environ.get(FAULT_ENV, "")))
 
+    def fires(self, kind: str) -> bool:
+        """Count one ``kind`` event; True if the plan names this one."""
+        self.counts[kind] += 1
+        return self.counts[kind] in self.plan.get(kind, ())
+
     def check(self, kind: str) -> None:
         """Count one ``kind`` event; raise InjectedFault if the plan names this one."""
-        self.counts[kind] += 1
-        if self.counts[kind] in self.plan.get(kind, ()):
+        if self.fires(kind):
             raise InjectedFault(f"{FAULT_ENV}: injected {kind} fault #{self.counts[kind]}")
+
+
+@contextlib.contextmanager
+def oom_in_capture(faults: Faults, model):
+    """Count one ``capture`` event; if the plan names it, every forward of ``model`` made while a CUDA stream
+    is capturing first asks the caching allocator for 1 PiB, so graph capture fails as it would when the
+    graph pool runs out (``torch.OutOfMemoryError`` raised inside ``torch.cuda.graph``)."""
+    if not faults.fires("capture"):
+        yield
+        return
+    import torch
+
+    own = vars(model).get("forward")
+    inner = model.forward
+
+    def forward(*args, **kwargs):
+        if torch.cuda.is_current_stream_capturing():
+            torch.empty(1 << 50, dtype=torch.uint8, device="cuda")
+        return inner(*args, **kwargs)
+
+    model.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own

@@ -179,6 +179,11 @@ def decode_step_batch(batch):
     return step
 
 
+def usable_k(k: int, prepared: list[int]) -> int:
+    """The largest prepared K at most ``k`` (a K whose graphs failed to capture is skipped; 0 is always prepared)."""
+    return max(x for x in prepared if x <= k)
+
+
 PLAIN_K0_ENV = "ER_VERL_PLAIN_K0"  # "1" (default): K=0 is a plain target DECODE step; "0": SGLang's 1-token verify
 
 

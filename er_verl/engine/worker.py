@@ -41,6 +41,7 @@ from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.config import config_from_json
 from er_verl.engine import loader, spec_round, verify
+from er_verl.engine.faults import oom_in_capture
 from er_verl.engine.profile import DecodeSummary, RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
 from er_verl.engine.weight_sync import EVENTS
@@ -108,17 +109,27 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
         runner = self.draft_runner
-        saved = runner.spec_algorithm, runner.model, runner.decode_cuda_graph_runner
+        faults = runner.loader.drafter.faults
+        saved = runner.spec_algorithm, runner.model
         runner.spec_algorithm = SpeculativeAlgorithm.NONE
         self.target_graphs = None
         try:
-            runner.init_decode_cuda_graph()
+            try:
+                with oom_in_capture(faults, runner.model):
+                    runner.init_decode_cuda_graph()
+            except Exception as exc:  # noqa: BLE001 - e.g. OOM while capturing: draft eagerly instead
+                runner.decode_cuda_graph_runner = None
+                capture_failed("the drafter's decode graphs", exc, "draft steps run eagerly")
             if spec_round.plain_k0_enabled():
                 runner.model = self.target_worker.model_runner.model
-                backend = runner._get_attention_backend(init_new_workspace=True)
-                self.target_graphs = DecodeCudaGraphRunner(runner, attn_backend=backend)
+                try:
+                    with oom_in_capture(faults, runner.model):
+                        backend = runner._get_attention_backend(init_new_workspace=True)
+                        self.target_graphs = DecodeCudaGraphRunner(runner, attn_backend=backend)
+                except Exception as exc:  # noqa: BLE001
+                    capture_failed("the target's K=0 decode graphs", exc, "K=0 takes SGLang's one-token verify step")
         finally:
-            runner.spec_algorithm, runner.model = saved[0], saved[1]
+            runner.spec_algorithm, runner.model = saved
         graphs = runner.decode_cuda_graph_runner
         print(f"er_verl[scheduler]: drafter decode CUDA graphs for bs {getattr(graphs, 'capture_bs', None)}"
               + ("; target plain-decode graphs for K=0 too" if self.target_graphs is not None else ""), flush=True)
@@ -208,8 +219,18 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             target_attn_backend=runner.attn_backend, target_graph_runner=runner.decode_cuda_graph_runner,
             draft_extend_attn_backend=None, cuda_graph_runner_for_draft_extend=None,
         )
+        target_model = runner.model
         for k in range(self.speculative_num_steps):  # K = 0 (one plain target token) .. Kmax − 1
-            self.runtime_states[k] = self.build_adaptive_runtime_state(k, k + 1)
+            try:
+                with oom_in_capture(self.drafter.faults, target_model):
+                    self.runtime_states[k] = self.build_adaptive_runtime_state(k, k + 1)
+            except Exception as exc:  # noqa: BLE001 - e.g. OOM while capturing this K's verify graphs
+                if k == 0:
+                    raise RuntimeError(
+                        f"er_verl: building the K=0 (plain decode) runtime state failed ({exc!r}); it is required. "
+                        "Lower cuda_graph_max_bs or mem_fraction_static, or launch without speculation.") from exc
+                capture_failed(f"the verify state for K={k}", exc, f"a batch asking for K={k} gets the next lower K")
+        self.prepared_k = sorted(self.runtime_states)
         plain = self.runtime_states[0]
         self.apply_runtime_state(plain)
         print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K={self.forced_k} "
@@ -229,7 +250,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         default = self.forced_k
         if self.feedback is not None and not any(spec_round.K_PARAM in (p or {}) for p in request_params(batch)):
             default = min(self.feedback.controller.choose(group_keys(batch)), self.speculative_num_steps_max)
-        return self._from_params(spec_round.batch_k, batch, default, self.speculative_num_steps_max)
+        k = self._from_params(spec_round.batch_k, batch, default, self.speculative_num_steps_max)
+        return spec_round.usable_k(k, self.prepared_k)
 
     @staticmethod
     def round_k_unsupported(batch) -> bool:
@@ -324,6 +346,12 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             self._generator = torch.Generator(device=self.device)
             self._generator.manual_seed(int(self.server_args.random_seed or 0))
         return self._generator
+
+
+def capture_failed(what: str, exc: BaseException, instead: str) -> None:
+    """A CUDA-graph capture at launch raised (out of memory, typically): warn and free what it left cached."""
+    torch.cuda.empty_cache()
+    print(f"er_verl[scheduler]: WARNING capturing {what} failed ({exc!r}); {instead}", flush=True)
 
 
 def request_params(batch) -> list:

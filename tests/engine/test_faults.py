@@ -2,12 +2,16 @@
 
 import pytest
 
-from er_verl.engine.faults import Faults, InjectedFault, parse
+import torch
+
+from er_verl.engine.faults import Faults, InjectedFault, oom_in_capture, parse
+from er_verl.engine.spec_round import usable_k
 
 
 def test_parse_plan_and_explain_bad_items():
     assert parse("requant@2, round@5,round@9") == {"requant": {2}, "round": {5, 9}}
     assert parse("") == {}
+    assert parse("capture@3") == {"capture": {3}}
     for bad in ("oom@1", "round@0", "round", "round@x"):
         with pytest.raises(ValueError, match="KIND@N"):
             parse(bad)
@@ -20,7 +24,7 @@ def test_only_the_named_events_raise():
         faults.check("round")
     faults.check("round")
     faults.check("requant")
-    assert faults.counts == {"requant": 1, "round": 3}
+    assert faults.counts == {"requant": 1, "round": 3, "capture": 0}
 
 
 def test_injected_requant_fault_disables_speculation_until_the_next_good_requant():
@@ -33,3 +37,29 @@ def test_injected_requant_fault_disables_speculation_until_the_next_good_requant
     assert drafter.refresh(target) is False and not drafter.ready
     drafter.mark_dirty("resume")
     assert drafter.refresh(target) is True and drafter.ready
+
+
+class Model(torch.nn.Module):
+    def forward(self, x):
+        return x + 1
+
+
+def test_oom_in_capture_hits_only_the_named_capture_and_only_while_capturing(monkeypatch):
+    faults, model = Faults({"capture": {2}}), Model()
+    with oom_in_capture(faults, model):  # capture #1: untouched
+        assert "forward" not in vars(model)
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    with oom_in_capture(faults, model):  # capture #2: fires
+        assert model.forward(torch.zeros(1)).item() == 1  # warm-up outside a capture runs normally
+        capturing[0] = True
+        with pytest.raises(Exception):  # noqa: B017 - OutOfMemoryError on a GPU; no CUDA device on the CPU
+            model(torch.zeros(1))
+    assert "forward" not in vars(model) and model(torch.zeros(1)).item() == 1  # restored
+    assert faults.counts["capture"] == 2
+
+
+def test_a_k_whose_graphs_failed_maps_to_the_next_lower_prepared_k():
+    prepared = [0, 1, 3]  # K=2's capture failed
+    assert [usable_k(k, prepared) for k in range(4)] == [0, 1, 1, 3]
+    assert usable_k(5, prepared) == 3

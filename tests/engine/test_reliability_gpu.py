@@ -155,3 +155,21 @@ def test_injected_faults_fall_back_to_plain_decoding(peaked_model_path):
               f"requant fault {drafts(after_requant_fault)}, recovered {drafts(recovered)}")
     finally:
         eng.shutdown()
+
+
+def test_oom_in_graph_capture_falls_back(peaked_model_path):
+    """ER_VERL_FAULT capture@1,capture@4: a real allocator OOM inside stream capture of (1) the drafter's decode
+    graphs and (4) the K=1 verify state's graphs (order in faults.py). The launch succeeds with warnings; K=3
+    still speculates (drafting eagerly); a batch asking for K=1 decodes plainly (next lower prepared K: 0)."""
+    sampling = {"temperature": 1.0, "max_new_tokens": 64, "ignore_eos": True}
+    eng = engine(peaked_model_path, spec=("k", KMAX), ER_VERL_FAULT="capture@1,capture@4")
+    drafts = lambda outs: sum(o["meta_info"].get("spec_num_correct_drafts", 0) or 0 for o in outs)  # noqa: E731
+    try:
+        at_kmax = eng.generate(input_ids=PROMPTS, sampling_params=sampling)
+        assert all(len(o["output_ids"]) == 64 for o in at_kmax) and drafts(at_kmax) > 0
+        at_k1 = eng.generate(input_ids=PROMPTS, sampling_params={**sampling, "custom_params": {"er_k": 1}})
+        assert all(len(o["output_ids"]) == 64 for o in at_k1)
+        assert drafts(at_k1) == 0, "a batch asking for K=1 speculated although K=1's graphs failed to capture"
+        print(f"capture faults: K={KMAX} accepted {drafts(at_kmax)} drafts; K=1 batch accepted {drafts(at_k1)}")
+    finally:
+        eng.shutdown()
