@@ -149,11 +149,11 @@ def _batch(**over):
     return types.SimpleNamespace(**fields)
 
 
-def _worker(forced_k=3, ready=True):
+def _worker(forced_k=3, ready=True, prepared=(0, 1, 2, 3, 4)):
     from er_verl.engine.worker import SelfSpecWorkerV2
 
     me = types.SimpleNamespace(forced_k=forced_k, speculation_ready=ready, speculative_num_steps_max=4,
-                               bad_params_warned=False, feedback=None)
+                               bad_params_warned=False, feedback=None, prepared_k=list(prepared))
     me._from_params = lambda *a: SelfSpecWorkerV2._from_params(me, *a)
     return me
 
@@ -174,6 +174,7 @@ def test_round_k_routes_unsupported_batches_to_plain_decoding():
     assert SelfSpecWorkerV2.round_k(me, penalised) == 0
     assert SelfSpecWorkerV2.round_k(_worker(ready=False), _batch()) == 0
     assert SelfSpecWorkerV2.round_k(_worker(forced_k=0), _batch()) == 0
+    assert SelfSpecWorkerV2.round_k(_worker(prepared=(0, 1, 4)), _batch()) == 1  # K=2, 3 failed to capture
 
 
 def test_round_k_takes_the_smallest_requested_k_and_ignores_bad_values_with_one_warning(capsys):
