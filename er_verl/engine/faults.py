@@ -11,6 +11,7 @@ import contextlib
 import os
 
 FAULT_ENV = "ER_VERL_FAULT"
+STACK_DUMP_ENV = "ER_VERL_STACK_DUMP"  # seconds: dump every thread's Python stack to stderr that often
 KINDS = ("requant", "round", "capture")
 
 
@@ -76,3 +77,21 @@ def oom_in_capture(faults: Faults, model):
             del model.forward
         else:
             model.forward = own
+
+
+def arm_stack_dump(environ=os.environ) -> bool:
+    """``ER_VERL_STACK_DUMP=S``: every S seconds this process writes all its threads' Python stacks to stderr
+    (``faulthandler``), to see where a scheduler hangs in a GPU test. Returns whether it was armed."""
+    raw = environ.get(STACK_DUMP_ENV, "").strip()
+    if not raw:
+        return False
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ValueError(f"{STACK_DUMP_ENV}={raw!r}: expected a positive number of seconds")
+    import faulthandler
+
+    faulthandler.dump_traceback_later(seconds, repeat=True)
+    return True

@@ -68,6 +68,9 @@ def register() -> None:
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    from er_verl.engine.faults import arm_stack_dump
+
+    arm_stack_dump()
     for method, source in WEIGHT_PATHS.items():
         HookRegistry.register(f"{UPDATER}.{method}", _after_weight_change(source), HookType.AFTER)
     for target, hook, hook_type in _drafter_hooks():

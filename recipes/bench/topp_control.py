@@ -38,6 +38,16 @@ def build_peaked(out: str, scale: float = 6.0) -> str:
 
 
 def sample(path: str, max_running: int, seed: int, n: int, new: int) -> list[list[int]]:
+    """Token ids of ``n`` sequences; kept next to the model, so a rerun after a cut-off call resumes."""
+    cache = f"{path}/samples_bs{max_running}_seed{seed}_n{n}_new{new}.json"
+    if os.path.exists(cache):
+        return json.load(open(cache))
+    out = _sample(path, max_running, seed, n, new)
+    json.dump(out, open(cache, "w"))
+    return out
+
+
+def _sample(path: str, max_running: int, seed: int, n: int, new: int) -> list[list[int]]:
     import sglang
 
     os.environ.pop("ER_VERL_ENGINE", None)
@@ -67,13 +77,17 @@ def p_values(a: list[list[int]], b: list[list[int]], new: int) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("model", help="peaked model folder (built there by --build if missing)")
+    ap.add_argument("model", help="work folder: the peaked model is WORK/model (made by --build if missing)")
     ap.add_argument("--build", action="store_true")
     ap.add_argument("--n", type=int, default=2560)
     ap.add_argument("--new", type=int, default=10)
     ap.add_argument("--out", default="topp_control.json")
     args = ap.parse_args()
-    path = build_peaked(args.model) if args.build else args.model
+    path = args.model + "/model"
+    if not os.path.exists(path):
+        if not args.build:
+            raise SystemExit(f"{path} does not exist; pass --build to make the peaked model there")
+        build_peaked(args.model)
     t0 = time.time()
     base = sample(path, 64, 0, args.n, args.new)
     small = sample(path, 5, 0, args.n, args.new)

@@ -4,7 +4,7 @@ import pytest
 
 import torch
 
-from er_verl.engine.faults import Faults, InjectedFault, oom_in_capture, parse
+from er_verl.engine.faults import Faults, InjectedFault, arm_stack_dump, oom_in_capture, parse
 from er_verl.engine.spec_round import usable_k
 
 
@@ -63,3 +63,13 @@ def test_a_k_whose_graphs_failed_maps_to_the_next_lower_prepared_k():
     prepared = [0, 1, 3]  # K=2's capture failed
     assert [usable_k(k, prepared) for k in range(4)] == [0, 1, 1, 3]
     assert usable_k(5, prepared) == 3
+
+
+def test_stack_dump_is_off_by_default_and_refuses_a_bad_period(monkeypatch):
+    armed = []
+    monkeypatch.setattr("faulthandler.dump_traceback_later", lambda s, repeat: armed.append((s, repeat)))
+    assert arm_stack_dump({}) is False
+    assert arm_stack_dump({"ER_VERL_STACK_DUMP": "45"}) is True and armed == [(45.0, True)]
+    for bad in ("0", "soon"):
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            arm_stack_dump({"ER_VERL_STACK_DUMP": bad})
