@@ -117,9 +117,10 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
             try:
                 with oom_in_capture(faults, runner.model):
                     runner.init_decode_cuda_graph()
-            except Exception as exc:  # noqa: BLE001 - e.g. OOM while capturing: draft eagerly instead
+            except Exception as exc:  # noqa: BLE001 - e.g. OOM while capturing: no speculation on this server
                 runner.decode_cuda_graph_runner = None
-                capture_failed("the drafter's decode graphs", exc, "draft steps run eagerly")
+                self.draft_graphs_failed = True
+                capture_failed("the drafter's decode graphs", exc, "speculation stays off on this server (K=0)")
             if spec_round.plain_k0_enabled():
                 runner.model = self.target_worker.model_runner.model
                 try:
@@ -230,7 +231,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
                         f"er_verl: building the K=0 (plain decode) runtime state failed ({exc!r}); it is required. "
                         "Lower cuda_graph_max_bs or mem_fraction_static, or launch without speculation.") from exc
                 capture_failed(f"the verify state for K={k}", exc, f"a batch asking for K={k} gets the next lower K")
-        self.prepared_k = sorted(self.runtime_states)
+        # Without the drafter's graphs a draft step would run eagerly, slower than the target step it saves.
+        self.prepared_k = [0] if getattr(self._draft_worker, "draft_graphs_failed", False) else sorted(self.runtime_states)
         plain = self.runtime_states[0]
         self.apply_runtime_state(plain)
         print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K={self.forced_k} "

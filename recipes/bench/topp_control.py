@@ -1,12 +1,16 @@
-"""Control for issue 7's top-p finding: does plain SGLang agree with *itself* at T=0.6, top-p=0.9 when only
-the batch size changes (max_running_requests 64 vs 5)? Different batch sizes run different GEMM/attention
-tilings, so a context sitting 0.0016 below the nucleus threshold can flip there too. If it does, the
-speculative-vs-plain difference is kernel numerics at a discontinuity, not the rejection sampler.
+"""Controls for issue 7's top-p finding (speculative K=3 vs plain SGLang differ at T=0.6, top-p=0.9): which
+part of the path moves the nucleus? Each variant samples the same prompt 2560 times, 10 tokens, and is
+compared with plain SGLang at batch 64 (chi-square per position):
 
-    python recipes/bench/topp_control.py MODEL_DIR --out $OUT/topp_control.json
+* plain SGLang at batch 5 and with another seed: do batch size (GEMM/attention tiling) or the seed alone move it?
+* er_verl at K=0 as the target's decode graph with er_verl's sampler: is the sampler's top-p SGLang's?
+* er_verl at K=0 as SGLang's own one-token TARGET_VERIFY (the extend attention kernel) and SGLang's sampler:
+  does the verify kernel alone move it, with no er_verl sampling involved?
+* er_verl at K=3: the exactness test's setting.
 
-MODEL_DIR: the peaked tiny model of tests/engine (built with --build DIR if it does not exist). Prints and
-writes the chi-square p-value per position, plain(64) vs plain(5), and plain(64) vs plain(64, other seed).
+    python recipes/bench/topp_control.py WORK [--build] --out $OUT/topp_control.json
+
+WORK/model is the peaked tiny model of tests/engine (made by --build if missing); samples are cached there.
 """
 
 from __future__ import annotations
@@ -37,23 +41,41 @@ def build_peaked(out: str, scale: float = 6.0) -> str:
     return out + "/model"
 
 
-def sample(path: str, max_running: int, seed: int, n: int, new: int) -> list[list[int]]:
-    """Token ids of ``n`` sequences; kept next to the model, so a rerun after a cut-off call resumes."""
-    cache = f"{path}/samples_bs{max_running}_seed{seed}_n{n}_new{new}.json"
+# name -> (max_running_requests, seed, forced K or None for plain SGLang, ER_VERL_PLAIN_K0)
+VARIANTS = {
+    "plain_bs64": (64, 0, None, None),
+    "plain_bs5": (5, 0, None, None),
+    "plain_bs64_seed1": (64, 1, None, None),
+    "ours_k0_decode": (64, 0, 0, "1"),   # K=0 as the target's decode graph + er_verl's sampler (verify.draft_sample)
+    "ours_k0_verify": (64, 0, 0, "0"),   # K=0 as SGLang's one-token TARGET_VERIFY (extend kernel) + SGLang's sampler
+    "ours_k3": (64, 0, 3, "1"),          # speculative rounds at K=3 (the exactness test's setting)
+}
+
+
+def sample(path: str, name: str, n: int, new: int) -> list[list[int]]:
+    """Token ids of ``n`` sequences for one variant; kept next to the model, so a rerun resumes."""
+    cache = f"{path}/samples_{name}_n{n}_new{new}.json"
     if os.path.exists(cache):
         return json.load(open(cache))
-    out = _sample(path, max_running, seed, n, new)
+    out = _sample(path, *VARIANTS[name], n, new)
     json.dump(out, open(cache, "w"))
     return out
 
 
-def _sample(path: str, max_running: int, seed: int, n: int, new: int) -> list[list[int]]:
+def _sample(path: str, max_running: int, seed: int, k, plain_k0, n: int, new: int) -> list[list[int]]:
     import sglang
 
-    os.environ.pop("ER_VERL_ENGINE", None)
-    engine = sglang.Engine(model_path=path, mem_fraction_static=0.3, log_level="error", attention_backend="flashinfer",
-                           cuda_graph_max_bs_decode=64, disable_prefill_cuda_graph=True, random_seed=seed,
-                           max_running_requests=max_running)
+    from er_verl.config import EfficientConfig
+    from er_verl.engine.server_args import self_draft_env, self_draft_server_args
+
+    kw = dict(mem_fraction_static=0.3, log_level="error", attention_backend="flashinfer", cuda_graph_max_bs_decode=64,
+              disable_prefill_cuda_graph=True, random_seed=seed, max_running_requests=max_running)
+    for key in ("ER_VERL_ENGINE", "ER_VERL_SELF_DRAFT", "ER_VERL_SPEC_K", "ER_VERL_PLAIN_K0", "ER_VERL_CONTROL"):
+        os.environ.pop(key, None)
+    if k is not None:
+        os.environ.update({"ER_VERL_ENGINE": "1", "ER_VERL_PLAIN_K0": plain_k0, **self_draft_env(k, None)})
+        kw.update(self_draft_server_args(EfficientConfig(max_draft_len=3), path))
+    engine = sglang.Engine(model_path=path, **kw)
     try:
         params = {"temperature": 0.6, "top_p": 0.9, "max_new_tokens": new, "ignore_eos": True}
         return [o["output_ids"] for o in engine.generate(input_ids=[[5, 6, 7, 8]] * n, sampling_params=params)]
@@ -75,6 +97,11 @@ def p_values(a: list[list[int]], b: list[list[int]], new: int) -> list[float]:
     return out
 
 
+def top_tokens(seqs: list[list[int]], new: int, top: int = 4) -> list[list]:
+    """Per position, the ``top`` most frequent tokens with their counts."""
+    return [Counter(s[pos] for s in seqs).most_common(top) for pos in range(new)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model", help="work folder: the peaked model is WORK/model (made by --build if missing)")
@@ -82,6 +109,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2560)
     ap.add_argument("--new", type=int, default=10)
     ap.add_argument("--out", default="topp_control.json")
+    ap.add_argument("--variants", default="plain_bs5,plain_bs64_seed1,ours_k0_decode,ours_k0_verify,ours_k3",
+                    help=f"compared with plain_bs64; from {', '.join(VARIANTS)}")
     args = ap.parse_args()
     path = args.model + "/model"
     if not os.path.exists(path):
@@ -89,11 +118,11 @@ def main() -> None:
             raise SystemExit(f"{path} does not exist; pass --build to make the peaked model there")
         build_peaked(args.model)
     t0 = time.time()
-    base = sample(path, 64, 0, args.n, args.new)
-    small = sample(path, 5, 0, args.n, args.new)
-    reseed = sample(path, 64, 1, args.n, args.new)
+    names = args.variants.split(",")
+    samples = {name: sample(path, name, args.n, args.new) for name in ["plain_bs64"] + names}
     result = {"what": __doc__.splitlines()[0], "n": args.n, "config": {"temperature": 0.6, "top_p": 0.9},
-              "p_bs64_vs_bs5": p_values(base, small, args.new), "p_bs64_vs_bs64_seed1": p_values(base, reseed, args.new),
+              "p_vs_plain_bs64": {name: p_values(samples["plain_bs64"], samples[name], args.new) for name in names},
+              "top_tokens": {name: top_tokens(samples[name], args.new) for name in ["plain_bs64"] + names},
               "seconds": time.time() - t0, "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(result, indent=1))
     with open(args.out, "w") as f:

@@ -157,6 +157,22 @@ def test_tensor_update_reaches_the_target_and_the_drafter_is_requantized_in_plac
     )
 
 
+def test_disk_update_requantizes_the_drafter_from_the_reloaded_checkpoint(drafted, model_path):
+    """update_weights_from_disk (the checkpoint the engine started from, after the random tensor update)."""
+    before = drafted.events()[-1]
+    result = drafted.engine.update_weights_from_disk(model_path)
+    success = result[0] if isinstance(result, tuple) else result.get("success", False)
+    assert success, result
+    drafted.decode_a_few_tokens()
+    events = drafted.new_events()
+    assert [e["sources"] for e in events] == [["disk"]], [show(e) for e in events]
+    assert_exact_and_shared(events[0])
+    assert events[0]["buffer_ptrs"] == before["buffer_ptrs"], "drafter buffers moved: captured graphs would break"
+    assert events[0]["target_checksum"] == pytest.approx(drafted.events()[0]["target_checksum"], rel=1e-4), (
+        "after reloading the launch checkpoint the target should sum to what it did at build"
+    )
+
+
 CYCLES = 100
 
 

@@ -160,22 +160,20 @@ def test_injected_faults_fall_back_to_plain_decoding(peaked_model_path):
 @pytest.mark.parametrize("fault", ["capture@1", "capture@4"])
 def test_oom_in_graph_capture_falls_back(peaked_model_path, fault):
     """ER_VERL_FAULT: a real allocator OOM inside stream capture of capture@1 the drafter's decode graphs, or
-    capture@4 the K=1 verify state's graphs (order in faults.py). The launch succeeds with a warning and K=3
-    still speculates (capture@1: drafting eagerly); with capture@4 a batch asking for K=1 decodes plainly (the
-    next lower prepared K is 0), with capture@1 it speculates."""
+    capture@4 the K=1 verify state's graphs (order in faults.py). The launch succeeds with a warning. capture@4:
+    K=3 still speculates, a batch asking for K=1 decodes plainly (the next lower prepared K is 0). capture@1:
+    speculation is off for the server (no eager drafting), both batches decode plainly."""
     sampling = {"temperature": 1.0, "max_new_tokens": 64, "ignore_eos": True}
     eng = engine(peaked_model_path, spec=("k", KMAX), ER_VERL_FAULT=fault)
     drafts = lambda outs: sum(o["meta_info"].get("spec_num_correct_drafts", 0) or 0 for o in outs)  # noqa: E731
     try:
         at_kmax = eng.generate(input_ids=PROMPTS, sampling_params=sampling)
         print(f"{fault}: K={KMAX} batch accepted {drafts(at_kmax)} drafts", flush=True)
-        assert all(len(o["output_ids"]) == 64 for o in at_kmax) and drafts(at_kmax) > 0
+        assert all(len(o["output_ids"]) == 64 for o in at_kmax)
+        assert drafts(at_kmax) == 0 if fault == "capture@1" else drafts(at_kmax) > 0
         at_k1 = eng.generate(input_ids=PROMPTS, sampling_params={**sampling, "custom_params": {"er_k": 1}})
         print(f"{fault}: K=1 batch accepted {drafts(at_k1)} drafts", flush=True)
         assert all(len(o["output_ids"]) == 64 for o in at_k1)
-        if fault == "capture@4":
-            assert drafts(at_k1) == 0, "a batch asking for K=1 speculated although K=1's graphs failed to capture"
-        else:
-            assert drafts(at_k1) > 0
+        assert drafts(at_k1) == 0, f"a batch asking for K=1 speculated after {fault}"
     finally:
         eng.shutdown()
