@@ -81,6 +81,29 @@ def test_sampled_tokens_follow_plain_decoding_over_1e5_tokens(peaked_model_path)
     assert worst[0][0] > 1e-4, f"speculative and plain distributions differ: {worst[:3]}"
 
 
+@pytest.mark.parametrize("plain_k0", ["1", "0"])
+def test_top_p_nucleus_at_k0(peaked_model_path, plain_k0):
+    """T=0.6, top-p=0.9 at K=0, against plain SGLang. ER_VERL_PLAIN_K0=1: the target's own decode graph and
+    er_verl's sampler (``verify.draft_sample``), so this asserts that the sampler keeps SGLang's nucleus.
+    ER_VERL_PLAIN_K0=0: SGLang's own one-token TARGET_VERIFY (extend attention kernel) and SGLang's sampler, no
+    er_verl sampling at all; its p-values are printed (the control for the K=3 top-p 0.9 finding), not asserted."""
+    from scipy.stats import chi2_contingency
+
+    n, new = 2560, 10
+    sampling = [{"temperature": 0.6, "top_p": 0.9, "max_new_tokens": new, "ignore_eos": True}] * n
+    prompts = [PROMPTS[0]] * n
+    plain = run(peaked_model_path, prompts, sampling)
+    ours = run(peaked_model_path, prompts, sampling, spec=("k", 0), ER_VERL_PLAIN_K0=plain_k0)
+    p_values = []
+    for pos in range(1, new):
+        table = contingency([o["output_ids"][pos] for o in plain], [o["output_ids"][pos] for o in ours])
+        p_values.append(chi2_contingency(table)[1] if table.shape[1] > 1 else 1.0)
+    print(f"K=0, ER_VERL_PLAIN_K0={plain_k0}, T=0.6 top-p 0.9: p per position 2..{new}: "
+          + ", ".join(f"{p:.2e}" for p in p_values), flush=True)
+    if plain_k0 == "1":
+        assert min(p_values) > 1e-4, f"er_verl's sampler at K=0 differs from plain SGLang: {p_values}"
+
+
 def test_long_tailed_rollout_with_abort_keeps_kv_accounting(peaked_model_path):
     """1024 sequences, output lengths long-tailed up to 2048 tokens, the controller choosing K (gate always);
     64 requests of a second wave aborted mid-flight. SGLang asserts its KV/slot invariants at every busy
