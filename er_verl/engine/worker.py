@@ -236,7 +236,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         plain = self.runtime_states[0]
         self.apply_runtime_state(plain)
         print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K={self.forced_k} "
-              f"(states for K in {sorted(self.runtime_states)}; forced acceptance {self.force_alpha})", flush=True)
+              f"(K usable: {self.prepared_k}; forced acceptance {self.force_alpha})", flush=True)
 
     @property
     def spec_v2_attn_backends(self) -> tuple:
