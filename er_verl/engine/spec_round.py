@@ -40,6 +40,10 @@ from er_verl.engine import verify
 SPEC_K_ENV = "ER_VERL_SPEC_K"  # forced draft length for every decode batch (0 = plain decoding)
 WARN_EVERY_S = 5.0
 FORCED_TAG = "er_verl_forced_accept"
+# Per-token customized_info tags (streamed into meta_info): this request's drafted tokens and speculative rounds
+# so far. SGLang's own spec_num_proposed_drafts is verify passes x Kmax, K=0 steps included; these are exact.
+DRAFTED_TAG = "er_verl_drafted"
+ROUNDS_TAG = "er_verl_spec_rounds"
 
 
 @dataclass
@@ -316,6 +320,24 @@ def tag_forced(reqs, alpha, k: int) -> None:
         req.customized_info = info
         tag = info.setdefault(FORCED_TAG, [])
         tag.extend([a] * max(0, len(req.output_ids) + k + 1 - len(tag)))
+
+
+def tag_round_counts(reqs, k: int) -> None:
+    """After a speculative round of ``k`` drafts: add ``k`` drafted tokens and one round to each request's
+    running totals, and tag its next ``k + 1`` output positions with them (per-token ``customized_info``,
+    so the last streamed token carries the totals). Positions already tagged past ``len(output_ids)`` are
+    overwritten; with the overlap scheduler a round launched after a request's last one may be counted."""
+    for req in reqs:
+        info = req.customized_info if req.customized_info is not None else {}
+        req.customized_info = info
+        totals = (getattr(req, "er_verl_drafted", 0) + k, getattr(req, "er_verl_spec_rounds", 0) + 1)
+        req.er_verl_drafted, req.er_verl_spec_rounds = totals
+        start = len(req.output_ids)
+        for key, total in zip((DRAFTED_TAG, ROUNDS_TAG), totals):
+            tag = info.setdefault(key, [])
+            del tag[start:]
+            tag.extend([tag[-1] if tag else 0] * (start - len(tag)))
+            tag.extend([total] * (k + 1))
 
 
 def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, gen, alpha):

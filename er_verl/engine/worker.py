@@ -288,6 +288,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
 
     def after_decode(self, batch, k: int, result) -> None:
         self.summary.record(len(batch.reqs), k)
+        if k > 0:
+            spec_round.tag_round_counts(batch.reqs, k)
         if self.timeline is not None:
             self.timeline.record(len(batch.reqs), k)
         if self.feedback is not None:

@@ -8,31 +8,35 @@ request and only when it verified at least once:
     spec_num_correct_drafts   accepted draft tokens (bonus excluded); alias spec_accepted_drafts
     spec_num_proposed_drafts  proposed draft tokens; alias spec_proposed_drafts
 
+SGLang's proposed count is verify passes × Kmax, K=0 steps included, so with K chosen per batch it
+overstates the drafts. The self-draft worker therefore tags each request with its own running totals
+(``spec_round.tag_round_counts``: drafted tokens and speculative rounds, per-token ``customized_info``
+that reaches ``meta_info`` as lists); they replace SGLang's proposed count and verify passes (a request
+without them never speculated: zeros), so acceptance = accepted / drafted and accepted length = 1 + accepted / rounds.
+
 verl's trainer (``compute_spec_decode_metrics``) wants three per-sample ``extra_fields`` and needs all
 of them on every sample of a batch, so a request that never verified reports zeros.
 """
 
 from typing import Any, Mapping
 
+from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG
+
 VERL_KEYS = ("spec_num_draft_tokens", "spec_num_accepted_tokens", "spec_num_verify_steps")
-_SGLANG_SOURCES = {
-    "spec_num_draft_tokens": ("spec_num_proposed_drafts", "spec_proposed_drafts"),
-    "spec_num_accepted_tokens": ("spec_num_correct_drafts", "spec_accepted_drafts"),
-    "spec_num_verify_steps": ("spec_verify_ct",),
-}
-
-
-def _first(meta: Mapping[str, Any], names: tuple[str, ...]) -> int:
-    for name in names:
-        value = meta.get(name)
-        if value is not None:
-            return int(value)
-    return 0
+_ACCEPTED = ("spec_num_correct_drafts", "spec_accepted_drafts")  # SGLang's accepted drafts (exact) and its alias
 
 
 def spec_extra_fields(meta_info: Mapping[str, Any] | None, speculating: bool) -> dict[str, int]:
-    """verl ``extra_fields`` for one request: the three spec counters, or {} when not speculating."""
+    """verl ``extra_fields`` for one request of a self-draft server: drafted tokens and speculative rounds
+    from the worker's tags, accepted drafts from SGLang; {} when the server is not speculating."""
     if not speculating:
         return {}
     meta = meta_info or {}
-    return {verl_key: _first(meta, sources) for verl_key, sources in _SGLANG_SOURCES.items()}
+    accepted = next((int(meta[name]) for name in _ACCEPTED if meta.get(name) is not None), 0)
+    return {"spec_num_draft_tokens": _last(meta.get(DRAFTED_TAG)), "spec_num_accepted_tokens": accepted,
+            "spec_num_verify_steps": _last(meta.get(ROUNDS_TAG))}
+
+
+def _last(tag) -> int:
+    """The running total carried by the last tagged token (0 for a request that never speculated)."""
+    return int(tag[-1]) if tag else 0

@@ -1,36 +1,56 @@
+from types import SimpleNamespace
+
+from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG, tag_round_counts
 from er_verl.rollout.metrics import VERL_KEYS, spec_extra_fields
 
 
-def test_sglang_0_5_14_keys_map_to_verl_names():
-    meta = {"spec_verify_ct": 10, "spec_num_correct_drafts": 17, "spec_num_proposed_drafts": 30, "spec_accept_rate": 0.57}
+def test_drafts_and_rounds_come_from_the_worker_tags_and_accepted_from_sglang():
+    """SGLang's proposed count (verify passes x Kmax, K=0 steps included) and verify count are not used."""
+    meta = {"spec_verify_ct": 10, "spec_num_correct_drafts": 7, "spec_num_proposed_drafts": 40,
+            DRAFTED_TAG: [3, 3, 3, 5, 5], ROUNDS_TAG: [1, 1, 1, 2, 2]}
     assert spec_extra_fields(meta, True) == {
-        "spec_num_draft_tokens": 30, "spec_num_accepted_tokens": 17, "spec_num_verify_steps": 10,
+        "spec_num_draft_tokens": 5, "spec_num_accepted_tokens": 7, "spec_num_verify_steps": 2,
     }
+    assert spec_extra_fields({"spec_accepted_drafts": 3, DRAFTED_TAG: [4], ROUNDS_TAG: [1]}, True)[
+        "spec_num_accepted_tokens"] == 3
 
 
-def test_aliases_are_read():
-    meta = {"spec_verify_ct": 2, "spec_accepted_drafts": 3, "spec_proposed_drafts": 6}
-    assert spec_extra_fields(meta, True) == {
-        "spec_num_draft_tokens": 6, "spec_num_accepted_tokens": 3, "spec_num_verify_steps": 2,
-    }
-
-
-def test_request_that_never_verified_reports_zeros_so_the_batch_stays_complete():
+def test_request_that_never_speculated_reports_zeros_so_the_batch_stays_complete():
     assert spec_extra_fields({}, True) == dict.fromkeys(VERL_KEYS, 0)
     assert spec_extra_fields(None, True) == dict.fromkeys(VERL_KEYS, 0)
+    only_k0 = {"spec_verify_ct": 12, "spec_num_correct_drafts": 0, "spec_num_proposed_drafts": 48}
+    assert spec_extra_fields(only_k0, True) == dict.fromkeys(VERL_KEYS, 0)
 
 
 def test_not_speculating_reports_nothing():
     assert spec_extra_fields({"spec_verify_ct": 3}, False) == {}
 
 
+def test_round_tags_carry_running_totals_to_the_last_token():
+    """Round 1 (K=3) emits 2 tokens, two plain steps follow, round 2 (K=2) emits 3: the last streamed
+    token carries 5 drafted tokens and 2 rounds; tokens of plain steps in between keep the earlier totals."""
+    req = SimpleNamespace(customized_info=None, output_ids=[11])
+    tag_round_counts([req], 3)
+    req.output_ids += [12, 13]  # the round's 2 tokens
+    req.output_ids += [14, 15]  # two K=0 steps: no tags written
+    tag_round_counts([req], 2)
+    req.output_ids += [16, 17, 18]
+    drafted, rounds = req.customized_info[DRAFTED_TAG], req.customized_info[ROUNDS_TAG]
+    streamed = slice(0, len(req.output_ids))  # SGLang streams tags[offset:len(output_ids)]
+    assert drafted[streamed] == [0, 3, 3, 3, 3, 5, 5, 5] and rounds[streamed] == [0, 1, 1, 1, 1, 2, 2, 2]
+    meta = {DRAFTED_TAG: drafted[streamed], ROUNDS_TAG: rounds[streamed], "spec_num_correct_drafts": 3}
+    assert spec_extra_fields(meta, True) == {
+        "spec_num_draft_tokens": 5, "spec_num_accepted_tokens": 3, "spec_num_verify_steps": 2,
+    }
+
+
 def test_verl_trainer_reads_the_mapped_fields():
-    """verl's own aggregation turns the mapped fields into a non-zero acceptance."""
+    """verl's own aggregation turns the fields into acceptance = accepted / drafted, length = 1 + accepted / rounds."""
     import numpy as np
     from verl.trainer.ppo.ray_trainer import compute_spec_decode_metrics
 
-    rows = [spec_extra_fields({"spec_verify_ct": 10, "spec_num_correct_drafts": 15, "spec_num_proposed_drafts": 30}, True),
-            spec_extra_fields({"spec_verify_ct": 5, "spec_num_correct_drafts": 5, "spec_num_proposed_drafts": 15}, True)]
+    rows = [spec_extra_fields({"spec_num_correct_drafts": 15, DRAFTED_TAG: [30], ROUNDS_TAG: [10]}, True),
+            spec_extra_fields({"spec_num_correct_drafts": 5, DRAFTED_TAG: [15], ROUNDS_TAG: [5]}, True)]
     col = {k: np.array([r[k] for r in rows]) for k in VERL_KEYS}
     out = compute_spec_decode_metrics(col["spec_num_draft_tokens"], col["spec_num_accepted_tokens"], col["spec_num_verify_steps"])
     assert abs(out["rollout/spec_accept_rate"] - (0.5 + 1 / 3) / 2) < 1e-9

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 import verl  # noqa: E402
 from er_verl.rollout.agent_loop import AGENT_LOOP_NAME, GROUP_KEY, with_group  # noqa: E402
+from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
 
@@ -33,6 +34,7 @@ class FakeTokenizerManager:
                     "finish_reason": {"type": "stop"},
                     "output_token_logprobs": [(-0.5, 7, None), (-0.25, 8, None), (-1.0, 9, None)],
                     "spec_verify_ct": 2, "spec_num_correct_drafts": 1, "spec_num_proposed_drafts": 6,
+                    DRAFTED_TAG: [0, 2, 2], ROUNDS_TAG: [0, 1, 1],  # one K=2 round: 2 drafted, 1 accepted
                 },
             }
 
@@ -124,9 +126,9 @@ def test_stock_loop_falls_back_to_prompt_hash(tiny_tokenizer_dir):
 
 def test_spec_metrics_reach_extra_fields_under_verl_names(tiny_tokenizer_dir):
     server, _ = make_and_generate(tiny_tokenizer_dir, speculating=True)
-    assert server["extra"]["spec_num_draft_tokens"] == 6
+    assert server["extra"]["spec_num_draft_tokens"] == 2  # the worker's tag, not SGLang's 2 passes x Kmax 3
     assert server["extra"]["spec_num_accepted_tokens"] == 1
-    assert server["extra"]["spec_num_verify_steps"] == 2
+    assert server["extra"]["spec_num_verify_steps"] == 1
     assert server["extra"]["global_steps"] == 3
     plain, _ = make_and_generate(tiny_tokenizer_dir, speculating=False)
     assert not any(k.startswith("spec_") for k in plain["extra"])
