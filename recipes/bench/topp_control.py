@@ -11,6 +11,11 @@ compared with plain SGLang at batch 64 (chi-square per position):
     python recipes/bench/topp_control.py WORK [--build] --out $OUT/topp_control.json
 
 WORK/model is the peaked tiny model of tests/engine (made by --build if missing); samples are cached there.
+
+Ran on the H200 (2026-11-25): the plain variants (results/issue7_topp_control_plain_h200.json). The er_verl
+variants have not finished here: the one attempt's first er_verl engine did not come up within the call's
+time, cause not found. The same comparisons ran as GPU tests instead: test_top_p_nucleus_at_k0[0|1] in
+tests/engine/test_reliability_gpu.py.
 """
 
 from __future__ import annotations
