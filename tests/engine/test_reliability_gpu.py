@@ -56,7 +56,12 @@ def run(path, prompts, sampling, spec=None, **env):
 
 def test_sampled_tokens_follow_plain_decoding_over_1e5_tokens(peaked_model_path):
     """Per config and per position 1..NEW, the token distribution of speculative decoding (K=3) equals plain
-    SGLang's (two-sample chi-square; one token per sequence per test, so draws are independent)."""
+    SGLang's (two-sample chi-square; one token per sequence per test, so draws are independent).
+
+    Known result on the H200 (2026-11-25): fails for T=0.6/top-p 0.9 at positions 7-10, passes for the other
+    three configs. SGLang's own one-token verify pass differs from plain decoding there in the same way
+    (test_top_p_nucleus_at_k0[0]); see the README's Reliability section. Kept as is: it fails until that
+    difference is gone or shown to be the verify kernel's alone."""
     from scipy.stats import chi2_contingency
 
     seqs, new = int(os.environ.get("ER_VERL_TEST_SEQS", "2560")), 10
