@@ -316,28 +316,32 @@ def tag_forced(reqs, alpha, k: int) -> None:
     ``batch_alpha``'s per-request [[α], ...]), covering this round."""
     for i, req in enumerate(reqs):
         a = alpha[i][0] if isinstance(alpha, list) else alpha
-        info = req.customized_info if req.customized_info is not None else {}
-        req.customized_info = info
-        tag = info.setdefault(FORCED_TAG, [])
-        tag.extend([a] * max(0, len(req.output_ids) + k + 1 - len(tag)))
+        _tag_ahead(req, FORCED_TAG, a, k, pad=a)
 
 
 def tag_round_counts(reqs, k: int) -> None:
     """After a speculative round of ``k`` drafts: add ``k`` drafted tokens and one round to each request's
-    running totals, and tag its next ``k + 1`` output positions with them (per-token ``customized_info``,
-    so the last streamed token carries the totals). Positions already tagged past ``len(output_ids)`` are
-    overwritten; with the overlap scheduler a round launched after a request's last one may be counted."""
+    running totals, and tag its next ``k + 1`` output positions with them, so the last streamed token
+    carries the totals. With the overlap scheduler a round launched after a request's last one may be
+    counted."""
     for req in reqs:
-        info = req.customized_info if req.customized_info is not None else {}
-        req.customized_info = info
         totals = (getattr(req, "er_verl_drafted", 0) + k, getattr(req, "er_verl_spec_rounds", 0) + 1)
         req.er_verl_drafted, req.er_verl_spec_rounds = totals
-        start = len(req.output_ids)
         for key, total in zip((DRAFTED_TAG, ROUNDS_TAG), totals):
-            tag = info.setdefault(key, [])
-            del tag[start:]
-            tag.extend([tag[-1] if tag else 0] * (start - len(tag)))
-            tag.extend([total] * (k + 1))
+            _tag_ahead(req, key, total, k, pad=None)
+
+
+def _tag_ahead(req, key: str, value, k: int, pad) -> None:
+    """Per-token tag ``key`` of ``req.customized_info`` (SGLang streams ``tag[sent:len(output_ids)]``): the
+    next ``k + 1`` positions from ``len(output_ids)`` get ``value`` (overwriting earlier look-ahead); untagged
+    positions before them get ``pad`` (None: the last tag value, or 0)."""
+    info = req.customized_info if req.customized_info is not None else {}
+    req.customized_info = info
+    tag = info.setdefault(key, [])
+    start = len(req.output_ids)
+    del tag[start:]
+    fill = pad if pad is not None else (tag[-1] if tag else 0)
+    tag.extend([fill] * (start - len(tag)) + [value] * (k + 1))
 
 
 def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, gen, alpha):

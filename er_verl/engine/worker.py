@@ -221,7 +221,10 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             draft_extend_attn_backend=None, cuda_graph_runner_for_draft_extend=None,
         )
         target_model = runner.model
-        for k in range(self.speculative_num_steps):  # K = 0 (one plain target token) .. Kmax − 1
+        # Without the drafter's graphs a draft step would run eagerly, slower than the target step it saves:
+        # then only K=0 is prepared (no verify graphs captured for K that will never run).
+        no_drafts = getattr(self._draft_worker, "draft_graphs_failed", False)
+        for k in range(1 if no_drafts else self.speculative_num_steps):  # K = 0 (plain) .. Kmax − 1
             try:
                 with oom_in_capture(self.drafter.faults, target_model):
                     self.runtime_states[k] = self.build_adaptive_runtime_state(k, k + 1)
@@ -231,8 +234,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
                         f"er_verl: building the K=0 (plain decode) runtime state failed ({exc!r}); it is required. "
                         "Lower cuda_graph_max_bs or mem_fraction_static, or launch without speculation.") from exc
                 capture_failed(f"the verify state for K={k}", exc, f"a batch asking for K={k} gets the next lower K")
-        # Without the drafter's graphs a draft step would run eagerly, slower than the target step it saves.
-        self.prepared_k = [0] if getattr(self._draft_worker, "draft_graphs_failed", False) else sorted(self.runtime_states)
+        self.prepared_k = [0] if no_drafts else sorted(self.runtime_states)
         plain = self.runtime_states[0]
         self.apply_runtime_state(plain)
         print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K={self.forced_k} "

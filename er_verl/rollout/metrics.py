@@ -1,18 +1,13 @@
 """Speculative-decoding metrics under the names verl's trainer reads.
 
 verl 0.9.1 reads ``spec_draft_token_num`` / ``spec_accept_token_num`` from SGLang's ``meta_info``;
-SGLang 0.5.14 never emits them, so stock verl always reports acceptance 0. SGLang emits, per finished
-request and only when it verified at least once:
-
-    spec_verify_ct            verify passes (K=0 steps included)
-    spec_num_correct_drafts   accepted draft tokens (bonus excluded); alias spec_accepted_drafts
-    spec_num_proposed_drafts  proposed draft tokens; alias spec_proposed_drafts
-
-SGLang's proposed count is verify passes × Kmax, K=0 steps included, so with K chosen per batch it
-overstates the drafts. The self-draft worker therefore tags each request with its own running totals
-(``spec_round.tag_round_counts``: drafted tokens and speculative rounds, per-token ``customized_info``
-that reaches ``meta_info`` as lists); they replace SGLang's proposed count and verify passes (a request
-without them never speculated: zeros), so acceptance = accepted / drafted and accepted length = 1 + accepted / rounds.
+SGLang 0.5.14 never emits them, so stock verl always reports acceptance 0. SGLang does emit accepted drafts
+(``spec_num_correct_drafts``, alias ``spec_accepted_drafts``), but counts proposed drafts as verify passes
+× Kmax, K=0 steps included, which overstates them when K varies per batch. So drafted tokens and
+speculative rounds come from the self-draft worker's own per-request running totals
+(``spec_round.tag_round_counts``: per-token ``customized_info`` that reaches ``meta_info`` as lists; a
+request without them never speculated: zeros). Acceptance = accepted / drafted, accepted length =
+1 + accepted / rounds.
 
 verl's trainer (``compute_spec_decode_metrics``) wants three per-sample ``extra_fields`` and needs all
 of them on every sample of a batch, so a request that never verified reports zeros.
