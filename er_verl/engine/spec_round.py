@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -319,11 +320,36 @@ def tag_forced(reqs, alpha, k: int) -> None:
         _tag_ahead(req, FORCED_TAG, a, k, pad=a)
 
 
+class RoundCounts:
+    """Per-request drafted tokens and speculative rounds, counted when SGLang processes a decode result.
+
+    The worker records each launched decode batch (:meth:`launched`: its requests and K, K = 0 included);
+    SGLang processes results in launch order and calls the worker's ``on_verify_complete_cpu`` once per
+    result, which calls :meth:`processed`. There a request is counted exactly when SGLang counts a verify
+    pass for it (``spec_verify_ct``): not finished and not retracted. So with the overlap scheduler a
+    round launched after a request's last one (its output discarded) is not counted. A result whose batch
+    size matches no recorded launch drops the stale records before it (metrics only; never raises)."""
+
+    def __init__(self, capacity: int = 64):
+        self.pending: deque = deque(maxlen=capacity)  # (requests, K) per launched decode batch, oldest first
+
+    def launched(self, reqs, k: int) -> None:
+        self.pending.append((list(reqs), k))
+
+    def processed(self, batch_size: int) -> None:
+        while self.pending:
+            reqs, k = self.pending.popleft()
+            if len(reqs) == batch_size:
+                if k > 0:
+                    live = [r for r in reqs if not (r.finished() or getattr(r, "is_retracted", False))]
+                    tag_round_counts(live, k)
+                return
+
+
 def tag_round_counts(reqs, k: int) -> None:
-    """After a speculative round of ``k`` drafts: add ``k`` drafted tokens and one round to each request's
-    running totals, and tag its next ``k + 1`` output positions with them, so the last streamed token
-    carries the totals. With the overlap scheduler a round launched after a request's last one may be
-    counted."""
+    """For a processed speculative round of ``k`` drafts: add ``k`` drafted tokens and one round to each
+    request's running totals, and tag its next ``k + 1`` output positions with them, so the last streamed
+    token carries the totals."""
     for req in reqs:
         totals = (getattr(req, "er_verl_drafted", 0) + k, getattr(req, "er_verl_spec_rounds", 0) + 1)
         req.er_verl_drafted, req.er_verl_spec_rounds = totals

@@ -180,6 +180,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.bad_params_warned = False
         self.forced_warning = spec_round.ForcedWarning()
         self.spec_rounds = 0
+        self.round_counts = spec_round.RoundCounts()  # verl's per-request drafted / rounds, at result time
         every = profile_every()
         self.profiler = RoundProfiler(every) if every else None
         self.timeline = timeline_from_env()
@@ -284,14 +285,18 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
               flush=True)
         return RoundFeedback(controller)
 
+    def on_verify_complete_cpu(self, num_correct_drafts_per_req: list, batch_size: int = 0) -> None:
+        """SGLang's result-time hook (accepted counts on the CPU, no sync): count this result's round."""
+        super().on_verify_complete_cpu(num_correct_drafts_per_req, batch_size)
+        self.round_counts.processed(len(num_correct_drafts_per_req))
+
     def before_decode(self, batch) -> None:
         if self.feedback is not None:
             self.feedback.begin()
 
     def after_decode(self, batch, k: int, result) -> None:
         self.summary.record(len(batch.reqs), k)
-        if k > 0:
-            spec_round.tag_round_counts(batch.reqs, k)
+        self.round_counts.launched(batch.reqs, k)
         if self.timeline is not None:
             self.timeline.record(len(batch.reqs), k)
         if self.feedback is not None:

@@ -1,6 +1,6 @@
 from types import SimpleNamespace
 
-from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG, tag_round_counts
+from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG, RoundCounts, tag_round_counts
 from er_verl.rollout.metrics import VERL_KEYS, spec_extra_fields
 
 
@@ -55,3 +55,49 @@ def test_verl_trainer_reads_the_mapped_fields():
     out = compute_spec_decode_metrics(col["spec_num_draft_tokens"], col["spec_num_accepted_tokens"], col["spec_num_verify_steps"])
     assert abs(out["rollout/spec_accept_rate"] - (0.5 + 1 / 3) / 2) < 1e-9
     assert abs(out["rollout/spec_accept_length"] - (2.5 + 2.0) / 2) < 1e-9
+
+
+class Req(SimpleNamespace):
+    def finished(self) -> bool:
+        return self.done
+
+
+def _req(**kw):
+    return Req(customized_info=None, output_ids=[1], done=False, is_retracted=False, **kw)
+
+
+def test_round_counts_skip_a_round_launched_after_the_request_finished():
+    """Overlap scheduler: round 2 launches before round 1's result is processed; the request finishes on
+    round 1's tokens, so round 2's output is discarded and (as in SGLang's spec_verify_ct) not counted."""
+    counts, req = RoundCounts(), _req()
+    counts.launched([req], 3)
+    counts.launched([req], 3)
+    counts.processed(1)
+    req.output_ids += [2, 3, 4, 5]
+    req.done = True
+    counts.processed(1)
+    assert (req.er_verl_drafted, req.er_verl_spec_rounds) == (3, 1)
+    assert req.customized_info[ROUNDS_TAG][len(req.output_ids) - 1] == 1
+    assert not counts.pending
+
+
+def test_round_counts_consume_plain_steps_and_skip_retracted_requests():
+    counts, a, b = RoundCounts(), _req(), _req()
+    counts.launched([a, b], 0)  # a K=0 step: consumed in order, nothing counted
+    counts.launched([a, b], 2)
+    b.is_retracted = True
+    counts.processed(2)
+    counts.processed(2)
+    assert (a.er_verl_drafted, a.er_verl_spec_rounds) == (2, 1)
+    assert not hasattr(b, "er_verl_drafted") and b.customized_info is None
+
+
+def test_round_counts_drop_stale_launches_when_a_result_matches_none():
+    """A launch whose result never comes (its batch size differs from the next result's) is dropped."""
+    counts, a, b = RoundCounts(), _req(), _req()
+    counts.launched([a, b], 3)
+    counts.launched([a], 2)
+    counts.processed(1)
+    assert (a.er_verl_drafted, a.er_verl_spec_rounds) == (2, 1) and not hasattr(b, "er_verl_drafted")
+    counts.processed(5)  # nothing pending matches: a no-op, not an error
+    assert not counts.pending
