@@ -10,7 +10,9 @@ request without them never speculated: zeros). Acceptance = accepted / drafted, 
 1 + accepted / rounds.
 
 verl's trainer (``compute_spec_decode_metrics``) wants three per-sample ``extra_fields`` and needs all
-of them on every sample of a batch, so a request that never verified reports zeros.
+of them on every sample of a batch, so a request that never verified reports zeros. ``er_decode_steps``
+(all decode steps, speculative or plain) lets the v1-trainer patch (``patches/verl_0_9_1``) log the
+fraction of steps that speculated.
 """
 
 from typing import Any, Mapping
@@ -18,6 +20,7 @@ from typing import Any, Mapping
 from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG
 
 VERL_KEYS = ("spec_num_draft_tokens", "spec_num_accepted_tokens", "spec_num_verify_steps")
+DECODE_STEPS = "er_decode_steps"  # ours: decode steps of the request (speculative rounds + plain steps)
 _ACCEPTED = ("spec_num_correct_drafts", "spec_accepted_drafts")  # SGLang's accepted drafts (exact) and its alias
 
 
@@ -28,8 +31,19 @@ def spec_extra_fields(meta_info: Mapping[str, Any] | None, speculating: bool) ->
         return {}
     meta = meta_info or {}
     accepted = next((int(meta[name]) for name in _ACCEPTED if meta.get(name) is not None), 0)
-    return {"spec_num_draft_tokens": _last(meta.get(DRAFTED_TAG)), "spec_num_accepted_tokens": accepted,
-            "spec_num_verify_steps": _last(meta.get(ROUNDS_TAG))}
+    rounds = _last(meta.get(ROUNDS_TAG))
+    fields = {"spec_num_draft_tokens": _last(meta.get(DRAFTED_TAG)), "spec_num_accepted_tokens": accepted,
+              "spec_num_verify_steps": rounds}
+    if meta.get("completion_tokens") is not None:
+        fields[DECODE_STEPS] = decode_steps(int(meta["completion_tokens"]), accepted, rounds)
+    return fields
+
+
+def decode_steps(completion_tokens: int, accepted: int, rounds: int) -> int:
+    """Decode steps of one request: completion = 1 (prefill) + Σ_rounds (accepted + 1) + plain steps, so
+    steps = rounds + plain = completion − 1 − accepted. A last round cut by the length limit can make that
+    fall below ``rounds``; the count is then ``rounds``."""
+    return max(rounds, completion_tokens - 1 - accepted)
 
 
 def _last(tag) -> int:

@@ -2,7 +2,8 @@
 
 verl imports every ``verl.plugins`` entry point on ``import verl`` (``verl/__init__.py``), so this
 module runs in every process verl starts: the driver, trainer workers, checkpoint-engine workers and
-agent-loop workers. It only writes two registry entries and the agent-loop registration; it imports no
+agent-loop workers. It only writes two registry entries and the agent-loop registration, and arranges the
+version-gated verl patches of ``patches/`` (applied when their module is imported); it imports no
 sglang and mutates no environment (verl's own ``_load_sglang`` does both, lazily, when the backend is
 first used). verl logs plugin import errors at DEBUG only, so failures here are logged loudly.
 """
@@ -33,6 +34,7 @@ def register() -> None:
 
     base._ROLLOUT_REGISTRY[(BACKEND_NAME, "async")] = ADAPTER_FQN
     RolloutReplicaRegistry.register(BACKEND_NAME, _load_replica)
+    _install_patches()
     try:
         import er_verl.rollout.agent_loop  # noqa: F401  (registers efficient_single_turn_agent)
     except ImportError:
@@ -41,6 +43,18 @@ def register() -> None:
             "not import here); the backend still works, group ids fall back to prompt hashes.",
             exc_info=True,
         )
+
+
+def _install_patches() -> None:
+    """verl patches for the installed version (``patches/verl_<version>/``), applied when their module loads."""
+    from importlib.metadata import version
+
+    from er_verl.rollout.patches import install
+
+    try:
+        install(version("verl"))
+    except Exception:  # noqa: BLE001 - without its patches verl still runs (e.g. no spec metrics in v1)
+        logger.warning("er_verl: installing verl patches failed", exc_info=True)
 
 
 try:
