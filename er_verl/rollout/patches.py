@@ -30,12 +30,18 @@ def install(verl_version: str, root: Path = PATCHES) -> list[str]:
     names = []
     for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
         name = f"{folder.name}.{path.stem}"
-        spec = importlib.util.spec_from_file_location(f"er_verl_patch_{folder.name}_{path.stem}", path)
-        patch = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(patch)
+        patch = load(path)
         after_import(patch.MODULE, _logged(name, patch.apply))
         names.append(name)
     return names
+
+
+def load(path: Path):
+    """The patch file at ``path`` as a module (its ``MODULE`` and ``apply``), without applying it."""
+    spec = importlib.util.spec_from_file_location(f"er_verl_patch_{path.parent.name}_{path.stem}", path)
+    patch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(patch)
+    return patch
 
 
 def _logged(name: str, apply: Callable) -> Callable:

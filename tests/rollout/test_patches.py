@@ -49,13 +49,7 @@ def test_the_plugin_patches_the_installed_verl_v1_trainer():
 
 
 def _patch_module():
-    import importlib.util
-
-    path = patches.folder_for("0.9.1") / "v1_spec_metrics.py"
-    spec = importlib.util.spec_from_file_location("er_verl_test_v1_spec_metrics", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return patches.load(patches.folder_for("0.9.1") / "v1_spec_metrics.py")
 
 
 def _fields(drafted, accepted, rounds, completion):
