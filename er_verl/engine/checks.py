@@ -31,7 +31,8 @@ CHUNK = 1024  # identity rows per GEMM when reading an int4 layer back
 @torch.no_grad()
 def _int4_max_diff(layer: nn.Module, w: torch.Tensor) -> float:  # w: [N, K]
     group = layer.input_size_per_partition // layer.num_groups
-    ref = dequantize_int4(*rtn_int4(w, group, scale_dtype=layer.scales.dtype), dtype=w.dtype)  # [N, K]
+    scale_dtype = layer.scales.dtype if hasattr(layer, "scales") else torch.bfloat16
+    ref = dequantize_int4(*rtn_int4(w, group, scale_dtype=scale_dtype), dtype=w.dtype)  # [N, K]
     k, worst = ref.shape[1], 0.0
     for start in range(0, k, CHUNK):
         rows = min(CHUNK, k - start)
@@ -51,8 +52,16 @@ def _fp8_max_diff(layer: nn.Module, w: torch.Tensor) -> float:
 
 @torch.no_grad()
 def _int4_buffers_differ(layer: nn.Module, w: torch.Tensor) -> list[str]:
-    """Marlin buffers that differ from SGLang's own load path for an AWQ checkpoint of RTN(w)."""
+    """Buffers that differ from the reference: for the decode GEMM ``pack(rtn_int4(w))``, for Marlin
+    SGLang's own load path for an AWQ checkpoint of RTN(w)."""
     from er_verl.draft.marlin import marlin_buffers, sglang_load_path_buffers
+
+    if hasattr(layer, "sz"):
+        from er_verl.draft.decode_gemm import pack
+
+        q, s, z = rtn_int4(w, 128, scale_dtype=torch.bfloat16)
+        qweight, sz = pack(q.t(), s.t().contiguous(), z.t().contiguous())
+        return [name for name, ref in (("qweight", qweight), ("sz", sz)) if not torch.equal(getattr(layer, name), ref)]
 
     group = layer.input_size_per_partition // layer.num_groups
     ref = sglang_load_path_buffers(w, group, params_dtype=layer.scales.dtype)

@@ -68,7 +68,11 @@ def requantize_int4_(layer: nn.Module, w: torch.Tensor, group_size: int = 128) -
 
 
 def requant_fn_for(layer: nn.Module) -> tuple[str, LayerRequant]:
-    """The kind and in-place requant function of a processed drafter layer (AWQ-Marlin or fp8)."""
+    """The kind and in-place requant function of a processed drafter layer (decode GEMM, AWQ-Marlin, fp8)."""
+    if hasattr(layer, "qweight") and hasattr(layer, "sz"):
+        from er_verl.draft.decode_gemm import requantize_
+
+        return "int4", lambda lay, w: requantize_(lay.qweight, lay.sz, w)
     if hasattr(layer, "qweight") and hasattr(layer, "workspace"):
         group = layer.input_size_per_partition // layer.num_groups
         return "int4", lambda lay, w: requantize_int4_(lay, w, group)
@@ -76,7 +80,7 @@ def requant_fn_for(layer: nn.Module) -> tuple[str, LayerRequant]:
     if isinstance(weight, torch.Tensor) and weight.dtype == torch.float8_e4m3fn:
         return "fp8", requantize_fp8_
     raise ValueError(
-        f"er_verl drafter: layer {type(layer).__name__} is neither AWQ-Marlin (qweight + workspace) nor "
+        f"er_verl drafter: layer {type(layer).__name__} is neither int4 (qweight + sz or workspace) nor "
         "per-channel fp8 after processing; its weights cannot be requantized in place."
     )
 

@@ -37,6 +37,7 @@ from sglang.srt.model_loader.utils import get_model_architecture, set_default_to
 from torch import nn
 
 from er_verl.engine.drafter import SelfDrafter
+from er_verl.engine.int4_linear import decode_gemm_method, int4_gemm
 from er_verl.engine.sharing import materialize_, share_with_target_
 
 GROUP_SIZE = 128
@@ -46,7 +47,8 @@ _TARGET: contextvars.ContextVar = contextvars.ContextVar("er_verl_draft_target",
 
 
 class SelfDraftAWQConfig(AWQMarlinConfig):
-    """AWQ-Marlin W4 (group 128, zero points) for every Linear that Marlin can run.
+    """RTN W4 (group 128, zero points) for every Linear: er_verl's decode GEMM (``int4_linear.py``), or
+    with ``ER_VERL_INT4_GEMM=marlin`` SGLang's AWQ-Marlin for every Linear that Marlin can run.
 
     A Linear that Marlin cannot run (N % 64 or K % 128) stays unquantized, i.e. it becomes the target's
     own layer (shared), instead of SGLang's silent fallback to the slow non-Marlin AWQ kernel.
@@ -57,6 +59,8 @@ class SelfDraftAWQConfig(AWQMarlinConfig):
         super().__init__(4, group_size, True, False, None, full)
 
     def get_quant_method(self, layer, prefix):
+        if isinstance(layer, LinearBase) and int4_gemm() == "decode":
+            return decode_gemm_method(layer)
         if isinstance(layer, LinearBase) and not check_marlin_supports_layer(layer, self.group_size):
             return UnquantizedLinearMethod()
         return super().get_quant_method(layer, prefix)

@@ -142,7 +142,13 @@ def test_requant_kind_is_detected_from_the_processed_layer():
     awq.input_size_per_partition, awq.num_groups = 256, 2
     assert requant_fn_for(awq)[0] == "int4"
     assert requant_fn_for(Fp8Layer(64, 128))[0] == "fp8"
-    with pytest.raises(ValueError, match="neither AWQ-Marlin"):
+    decode = nn.Module()
+    decode.qweight, decode.sz = torch.zeros(16, 16, dtype=torch.int32), torch.zeros(16, 1, dtype=torch.int32)
+    kind, fn = requant_fn_for(decode)
+    w = torch.randn(16, 128)
+    fn(decode, w)  # CPU: the torch reference path, into the same buffers
+    assert kind == "int4" and decode.qweight.abs().sum() > 0
+    with pytest.raises(ValueError, match="neither int4"):
         requant_fn_for(nn.Linear(4, 4))
 
 

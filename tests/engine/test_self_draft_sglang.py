@@ -67,7 +67,7 @@ def test_each_update_path_reaches_the_target_once_and_marks_the_drafter_dirty(pl
 
 
 LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
-OWNED = sorted(f"model.layers.{i}.{lin}.{buf}" for i in range(2) for lin in LINEARS for buf in ("qweight", "qzeros", "scales"))
+OWNED = sorted(f"model.layers.{i}.{lin}.{buf}" for i in range(2) for lin in LINEARS for buf in ("qweight", "sz"))
 
 
 @pytest.mark.parametrize("case", ["qwen2_tied", "qwen3_untied", "llama_untied"])
