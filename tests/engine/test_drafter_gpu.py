@@ -124,7 +124,7 @@ def test_drafter_is_built_at_launch_as_rtn_of_the_target_sharing_everything_else
     events = drafted.new_events()
     assert [e["sources"] for e in events] == [["build"]], [show(e) for e in events]
     assert_exact_and_shared(events[0])
-    assert events[0]["kind"] == "int4" and len(events[0]["buffer_ptrs"]) >= 3 * NUM_LINEARS
+    assert events[0]["kind"] == "int4" and len(events[0]["buffer_ptrs"]) >= 2 * NUM_LINEARS  # qweight + sz (decode GEMM)
     ratio = events[0]["drafter_bytes"] / events[0]["target_weight_bytes"]
     print(f"drafter bytes {events[0]['drafter_bytes']} / target weight bytes {events[0]['target_weight_bytes']} = {ratio:.3f}")
     assert 0 < ratio < 0.5, "the drafter owns too much: a full-precision copy?"
