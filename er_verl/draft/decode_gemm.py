@@ -189,8 +189,8 @@ def requantize_(
         qweight.copy_(packed_q)
         sz.copy_(packed_sz)
         return
-    _check_codes(w, torch.empty(n, k // GROUP, dtype=torch.bfloat16, device="meta"),
-                 torch.empty(n, k // GROUP, device="meta"))
+    if n % TILE_N or k % GROUP:
+        raise ValueError(f"w is [{n}, {k}]; the decode GEMM needs N % {TILE_N} == 0 and K % {GROUP} == 0.")
     err = library().er_w4a16_requant(w.data_ptr(), qweight.data_ptr(), sz.data_ptr(), n, k, w.stride(0),
                                      torch.cuda.current_stream(w.device).cuda_stream)
     if err:
