@@ -8,8 +8,10 @@ nothing, so α_g is forced per request (``custom_params["er_force_alpha"]`` unde
 
 Modes, one engine each: ``plain`` (SGLang), ``fixed`` (ours, every batch K = ``--fixed-k``), ``gate``
 (ours, the controller's gate with its best batch K, no bandit) and ``bandit`` (gate + per-group
-Thompson bandit). Ours writes a timeline (``ER_VERL_TIMELINE``: per decode call, time, running batch
-size, K); the PNG plots it per mode under the rollout times.
+Thompson bandit). Every mode writes a timeline (``ER_VERL_TIMELINE``: per decode call, time, running
+batch size, K; plain SGLang's through one hook, ``plugin.register``); the PNG plots ours per mode under
+the rollout times, and the summary compares, per batch-size bucket, the step time of ours where the
+gate was off (K = 0) with plain SGLang's step time (the issue's bound: at most 2% slower).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import time
 
@@ -53,8 +56,8 @@ def engine_launch(mode: str, args, model_path: str, timeline: str):
     )
     off = dict(ER_VERL_ENGINE=None, ER_VERL_SELF_DRAFT=None, ER_VERL_SPEC_K=None, ER_VERL_FORCE_ACCEPT=None,
                ER_VERL_CONTROL=None, ER_VERL_TIMELINE=None)
-    if mode == "plain":
-        return common, off
+    if mode == "plain":  # SGLang untouched but for the timeline hook (plugin.register)
+        return common, {**off, "ER_VERL_TIMELINE": timeline}
     cfg = EfficientConfig(max_draft_len=args.kmax, gate="auto", bandit=mode == "bandit", seed=args.seed)
     ours = self_draft_server_args(cfg, model_path, args.prompts * args.n)
     ours["cuda_graph_max_bs_decode"] = min(decode.SPEC_GRAPH_BS, args.prompts * args.n)
@@ -90,10 +93,9 @@ def run_mode(mode: str, args, model_path: str, reqs: list[dict], out_dir: str) -
     finally:
         engine.shutdown()
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
-    row = {"mode": mode, "rollout_s": wall, "tokens": tokens, "tok_s": tokens / wall}
+    row = {"mode": mode, "rollout_s": wall, "tokens": tokens, "tok_s": tokens / wall, "timeline": read_timeline(timeline)}
     if mode != "plain":
         row["forced_alpha_per_group"] = True
-        row["timeline"] = read_timeline(timeline)
     return row
 
 
@@ -104,17 +106,43 @@ def read_timeline(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def step_times(timeline: list[dict], k: int | None = None) -> dict[int, list[float]]:
+    """{batch-size bucket (power of two): seconds from each decode call to the next}, for calls at draft
+    length ``k`` (None: all). A call's interval is its step: the wall time until the next call started."""
+    out: dict[int, list[float]] = {}
+    for now, nxt in zip(timeline, timeline[1:]):
+        if k is None or now["k"] == k:
+            out.setdefault(1 << (now["bs"].bit_length() - 1), []).append(nxt["t"] - now["t"])
+    return out
+
+
+def off_vs_plain(mode_tl: list[dict], plain_tl: list[dict], min_steps: int = 20) -> dict[int, float]:
+    """{bucket: median step of the mode's K = 0 calls (gate off) / median plain step} where both have
+    ``min_steps`` steps. The issue's bound: none above 1.02."""
+    ours, plain = step_times(mode_tl, k=0), step_times(plain_tl)
+    return {
+        b: statistics.median(ours[b]) / statistics.median(plain[b])
+        for b in sorted(ours)
+        if len(ours[b]) >= min_steps and len(plain.get(b, ())) >= min_steps
+    }
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Rollout time of each mode and its change vs plain; share of decode calls that speculated."""
-    plain = next((r["rollout_s"] for r in rows if r["mode"] == "plain"), None)
+    """Rollout time of each mode and its change vs plain; share of decode calls that speculated; where
+    the gate was off, each batch-size bucket's step time vs plain's (needs both timelines)."""
+    plain = next((r for r in rows if r["mode"] == "plain"), None)
     out = {}
     for r in rows:
         s = {"rollout_s": r["rollout_s"]}
         if plain:
-            s["vs_plain"] = r["rollout_s"] / plain - 1.0
+            s["vs_plain"] = r["rollout_s"] / plain["rollout_s"] - 1.0
         tl = r.get("timeline") or []
-        if tl:
+        if tl and r["mode"] != "plain":
             s["speculating_share"] = sum(1 for e in tl if e["k"] > 0) / len(tl)
+            if plain and plain.get("timeline"):
+                ratios = off_vs_plain(tl, plain["timeline"])
+                s["off_step_vs_plain"] = {str(b): round(v, 4) for b, v in ratios.items()}
+                s["off_worst"] = max(ratios.values(), default=None)
         out[r["mode"]] = s
     return out
 
@@ -125,7 +153,7 @@ def plot(rows: list[dict], png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with_tl = [r for r in rows if r.get("timeline")]
+    with_tl = [r for r in rows if r.get("timeline") and r["mode"] != "plain"]
     fig, axes = plt.subplots(len(with_tl) + 1, 1, figsize=(9, 2.6 * (len(with_tl) + 1)), squeeze=False)
     ax = axes[0][0]
     ax.bar([r["mode"] for r in rows], [r["rollout_s"] for r in rows])

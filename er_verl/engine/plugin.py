@@ -61,10 +61,23 @@ def _drafter_hooks() -> tuple:
     return HOOKS
 
 
+PLAIN_DECODE = "sglang.srt.managers.tp_worker.TpModelWorker.forward_batch_generation"
+
+
 def register() -> None:
     """Register er_verl's hooks (efficient_sglang only): AFTER hooks on every path that changes target
-    weights and, with the self-drafter on, its worker classes, draft loader and shared KV pool."""
+    weights and, with the self-drafter on, its worker classes, draft loader and shared KV pool.
+
+    Outside efficient_sglang, only an explicit ``ER_VERL_TIMELINE`` (``er-verl bench rollout``'s plain
+    SGLang row) adds one hook: the plain decode calls' timeline, for comparison with er_verl's."""
+    from er_verl.engine.profile import timeline_from_env
+
     if not enabled():
+        timeline = timeline_from_env()
+        if timeline is not None:
+            from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+            HookRegistry.register(PLAIN_DECODE, timeline.after_plain_decode, HookType.AFTER)
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 

@@ -112,6 +112,14 @@ class Timeline:
             self.flush()
             self.last_flush = now
 
+    def after_plain_decode(self, result, worker=None, batch=None, *args, **kwargs):
+        """AFTER hook on plain SGLang's ``TpModelWorker.forward_batch_generation``: records decode calls
+        (K = 0), returns the result untouched."""
+        mode = getattr(batch, "forward_mode", None)
+        if mode is not None and mode.is_decode():
+            self.record(len(batch.reqs) if hasattr(batch, "reqs") else int(batch.seq_lens.shape[0]), 0)
+        return result
+
     def flush(self) -> None:
         if self.rows:
             with open(self.path, "a") as f:

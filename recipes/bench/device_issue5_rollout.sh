@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU host (after staging): the GRPO-like rollout benchmark, one mode per call so each stays
 # under the 600 s command limit (the JSON resumes): MODE=plain|fixed|gate|bandit. Written 2026-11-25;
-# not yet run.
+# first run 2026-11-25 (see results/issue5_bench_rollout_8b_h200.json).
 set -uo pipefail
 source recipes/smoke/device_env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

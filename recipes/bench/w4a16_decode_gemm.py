@@ -9,6 +9,7 @@ Checks the decode GEMM against x · dequantize(codes)ᵀ in fp32. Writes JSON (G
 
 import argparse
 import datetime
+import glob
 import itertools
 import json
 import os
@@ -23,6 +24,21 @@ from int4_gemm import SHAPES, graph_us  # noqa: E402
 from er_verl.draft import decode_gemm as dg, quantize  # noqa: E402
 
 COLD_BYTES = 256 << 20
+# Optional other versions of the kernel (recipes/bench/prev_*.cu, e.g. an earlier commit's), timed beside it.
+PREV_SOURCES = sorted(glob.glob(os.path.join(here, "prev_*.cu")))
+
+
+def prev_libraries() -> dict:
+    """{variant name: library} built from PREV_SOURCES."""
+    libs = {}
+    for path in PREV_SOURCES:
+        saved = dg._SOURCE, dg._lib
+        dg._SOURCE, dg._lib = dg.Path(path), None
+        try:
+            libs[os.path.basename(path)[:-3]] = dg.library()
+        finally:
+            dg._SOURCE, dg._lib = saved
+    return libs
 
 
 def codes_from(w: torch.Tensor):
@@ -61,7 +77,7 @@ def marlin_fn(w: torch.Tensor):
         return None, repr(exc)
 
 
-def bench_shape(name: str, n: int, k: int, ms: list, rows: list) -> None:
+def bench_shape(name: str, n: int, k: int, ms: list, rows: list, prev: dict) -> None:
     w, (qw, sz) = codes_for(n, k)
     ref_w = dg.dequantize(qw, sz)  # [N, K] fp32 on the GPU
     layer, why = marlin_fn(w)
@@ -92,6 +108,15 @@ def bench_shape(name: str, n: int, k: int, ms: list, rows: list) -> None:
             err = ((got - ref).norm() / ref.norm()).item()
             add(f"decode_gemm_b{blocks or 'auto'}", lambda a, b: dg.gemm(x, a, b, y, blocks=blocks), q_sets,
                 err=err, blocks=blocks)
+        for variant, lib in prev.items():  # same call, that library swapped in while captured
+            current, dg._lib = dg._lib, lib
+            try:
+                err = ((dg.gemm(x, qw, sz, y).float() - ref).norm() / ref.norm()).item()
+                add(variant, lambda a, b: dg.gemm(x, a, b, y), q_sets, err=err)
+            except RuntimeError as exc:  # e.g. a variant whose shared memory does not fit at this M
+                print(f"{name:13s} m={m} {variant}: {exc}", flush=True)
+            finally:
+                dg._lib = current
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     dg.requantize_(qw, sz, w)
     start.record()
@@ -113,10 +138,11 @@ def main() -> None:
     p.add_argument("--layers", nargs="+", default=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
     args = p.parse_args()
     dg.library()
+    prev = prev_libraries()
     rows: list = []
     for name in args.layers:
         n, k = SHAPES[name]
-        bench_shape(name, n, k, args.m, rows)
+        bench_shape(name, n, k, args.m, rows, prev)
     report = dict(what=__doc__.split("\n")[0], gpu=torch.cuda.get_device_name(), date=str(datetime.date.today()),
                   versions=dict(torch=torch.__version__), command=" ".join(["python"] + sys.argv), rows=rows)
     with open(args.out, "w") as f:

@@ -34,3 +34,22 @@ def test_bad_arguments_name_what_is_allowed(capsys):
         with pytest.raises(SystemExit) as exc:
             rollout.main(argv)
         assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_gate_off_steps_are_compared_with_plain_per_batch_bucket():
+    # plain: 10 ms steps at bs 64..127, 5 ms at bs 4..7; ours: 10.1 ms where K = 0 at bs 64.., K = 4 at bs 4..
+    plain = [{"t": 0.010 * i, "bs": 100, "k": 0} for i in range(30)]
+    plain += [{"t": 0.3 + 0.005 * i, "bs": 5, "k": 0} for i in range(30)]
+    ours = [{"t": 0.0101 * i, "bs": 100, "k": 0} for i in range(30)]
+    ours += [{"t": 0.303 + 0.02 * i, "bs": 5, "k": 4} for i in range(30)]
+    steps = rollout.step_times(ours, k=0)
+    assert set(steps) == {64} and len(steps[64]) == 30  # the last K=0 call's step runs into the first K=4 call
+    ratios = rollout.off_vs_plain(ours, plain)
+    assert set(ratios) == {64} and ratios[64] == pytest.approx(1.01, abs=1e-9)
+    slow = [dict(e, t=e["t"] * 1.05) for e in ours]
+    assert rollout.off_vs_plain(slow, plain)[64] == pytest.approx(1.0605, abs=1e-3)  # would break the 2% bound
+    assert rollout.off_vs_plain(ours, plain, min_steps=31) == {}  # too few steps: no verdict, not a pass
+    rows = [{"mode": "plain", "rollout_s": 1.0, "timeline": plain}, {"mode": "gate", "rollout_s": 0.9, "timeline": ours}]
+    summary = rollout.summarize(rows)["gate"]
+    assert summary["off_step_vs_plain"] == {"64": 1.01} and summary["off_worst"] == pytest.approx(1.01)
+    assert "speculating_share" not in rollout.summarize(rows)["plain"]

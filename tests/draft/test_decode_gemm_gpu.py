@@ -43,6 +43,20 @@ def test_gemm_equals_x_times_dequantized_weight(m):
     assert rel < 4e-3, f"relative error {rel:.2e} at m={m}"  # bf16 output rounding is ~2e-3
 
 
+# Warps with no chunk (K = 128: 2 chunks for 16 warps), tiles not a multiple of the grid, K = 12288, and a
+# tiny grid whose blocks each stream many tiles through the cp.async ring.
+@pytest.mark.parametrize("n,k,blocks", [(64, 128, 0), (1040, 12288, 0), (4096, 4096, 3), (6144, 1152, 7)])
+@pytest.mark.parametrize("m", [1, 8, 20])
+def test_gemm_shapes_and_grids(n, k, blocks, m):
+    w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
+    qweight, sz = reference_pack(w)
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    want = x.float() @ dg.dequantize(qweight, sz).t()
+    got = dg.gemm(x, qweight, sz, blocks=blocks).float()
+    rel = ((got - want).norm() / want.norm()).item()
+    assert rel < 4e-3, f"relative error {rel:.2e} at m={m}, n={n}, k={k}, blocks={blocks}"
+
+
 def test_gemm_replays_in_a_cuda_graph_and_follows_requant():
     n, k, m = 2048, 4096, 4
     w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()

@@ -12,7 +12,7 @@ import sglang.srt.plugins as plugins
 plugins.load_plugins()
 from sglang.srt.plugins.hook_registry import HookRegistry
 from sglang.srt.managers.scheduler_components.weight_updater import SchedulerWeightUpdaterManager as U
-from er_verl.engine.plugin import UPDATER, WEIGHT_PATHS
+from er_verl.engine.plugin import PLAIN_DECODE, UPDATER, WEIGHT_PATHS
 from er_verl.engine.weight_sync import EVENTS
 patched = sorted(m for m in WEIGHT_PATHS if f"{UPDATER}.{m}" in HookRegistry._patched)
 worker_replaced = "sglang.srt.speculative.standalone_worker_v2.StandaloneWorkerV2" in HookRegistry._patched
@@ -43,14 +43,17 @@ for ok in (True, False):
             flush_cache=lambda **k: True, is_fully_idle=lambda: True)
     out = mgr.update_weights_from_tensor(Req())
 print("RESULT" + json.dumps({"entry_points": eps, "patched": patched, "events": seen, "counts": EVENTS.counts,
-                             "worker_replaced": worker_replaced}))
+                             "worker_replaced": worker_replaced,
+                             "plain_decode": PLAIN_DECODE in HookRegistry._patched}))
 """
 
 
-def probe(engine_flag):
-    env = {k: v for k, v in __import__("os").environ.items() if k != "ER_VERL_ENGINE"}
+def probe(engine_flag, timeline=None):
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("ER_VERL_ENGINE", "ER_VERL_TIMELINE")}
     if engine_flag:
         env["ER_VERL_ENGINE"] = "1"
+    if timeline:
+        env["ER_VERL_TIMELINE"] = timeline
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
@@ -75,3 +78,10 @@ def test_plain_sglang_is_untouched_without_the_engine_flag():
     assert out["patched"] == []
     assert out["events"] == []
     assert out["worker_replaced"] is False
+    assert out["plain_decode"] is False
+
+
+def test_a_timeline_path_alone_hooks_only_plain_decode(tmp_path):
+    out = probe(engine_flag=False, timeline=str(tmp_path / "tl.jsonl"))
+    assert out["plain_decode"] is True  # bench rollout's plain row: its decode calls' timeline
+    assert out["patched"] == [] and out["events"] == [] and out["worker_replaced"] is False

@@ -1,7 +1,10 @@
 """RoundProfiler on the CPU with fake CUDA events and a fake clock."""
 
+import json
+
 import pytest
 
+from er_verl.engine import profile
 from er_verl.engine.profile import RoundProfiler, profile_every
 
 
@@ -79,3 +82,27 @@ def test_torch_windows_profile_each_k_and_bs_once_after_skipping():
     assert torch_windows_from_env({"ER_VERL_TORCH_PROFILE": "/x:5:7"}).count == 7
     with pytest.raises(ValueError, match="DIR:SKIP:COUNT"):
         torch_windows_from_env({"ER_VERL_TORCH_PROFILE": "/x:5"})
+
+
+class _Mode:
+    def __init__(self, decode):
+        self.decode = decode
+
+    def is_decode(self):
+        return self.decode
+
+
+class _Batch:
+    def __init__(self, n, decode):
+        self.reqs, self.forward_mode = [object()] * n, _Mode(decode)
+
+
+def test_plain_decode_hook_records_decode_calls_only(tmp_path):
+    path = tmp_path / "tl.jsonl"
+    timeline = profile.Timeline(str(path), flush_every=1)
+    result = object()
+    assert timeline.after_plain_decode(result, None, _Batch(7, True)) is result
+    assert timeline.after_plain_decode(result, None, _Batch(3, False)) is result  # a prefill: not recorded
+    assert timeline.after_plain_decode(result, None, batch=_Batch(2, True)) is result
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["bs"], r["k"]) for r in rows] == [(7, 0), (2, 0)]

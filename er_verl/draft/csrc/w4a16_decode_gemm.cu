@@ -32,6 +32,7 @@ constexpr int kWarps = 16;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kUnroll = 4;  // chunks whose loads a warp issues before using the first
 constexpr int kGroup = 128;
+constexpr int kMaxDevices = 64;
 
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   uint4 v;
@@ -156,15 +157,20 @@ cudaError_t launch(const void* x, const void* qweight, const void* sz, void* y, 
                    int ldy, int blocks, cudaStream_t stream) {
   auto kernel = w4a16_gemm<NT>;
   const int smem = 2 * kWarps * 32 * 4 * NT * (int)sizeof(float);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  static int fit[kMaxDevices] = {};  // per device, once: blocks resident at once (SMs x blocks per SM)
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
-  if (blocks <= 0) {
-    int device = 0, sms = 0, per_sm = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
-    blocks = sms * (per_sm > 0 ? per_sm : 1);
+  if (device >= kMaxDevices) return cudaErrorInvalidDevice;
+  if (fit[device] == 0) {
+    int sms = 0, per_sm = 0;
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+    if (err != cudaSuccess) return err;
+    fit[device] = sms * (per_sm > 0 ? per_sm : 1);
   }
+  if (blocks <= 0) blocks = fit[device];
   if (blocks > n / 16) blocks = n / 16;
   kernel<<<blocks, kThreads, smem, stream>>>(static_cast<const __nv_bfloat16*>(x),
                                              static_cast<const uint4*>(qweight),
