@@ -236,8 +236,9 @@ def run(args, argv) -> dict:
     return report
 
 
-def make_config(shape: str, vocab: int) -> str:
-    """A config-only model folder of ``shape`` (weights come from SGLang's dummy loader)."""
+def make_config(shape: str, vocab: int, context: int = 4096) -> str:
+    """A config-only model folder of ``shape`` (weights come from SGLang's dummy loader), whose context
+    (max_position_embeddings) is ``context`` tokens."""
     import tempfile
 
     from transformers import AutoConfig
@@ -246,7 +247,7 @@ def make_config(shape: str, vocab: int) -> str:
 
     spec = dict(SHAPES[shape])
     arch = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM"}[spec["model_type"]]
-    config = AutoConfig.for_model(spec.pop("model_type"), vocab_size=vocab, max_position_embeddings=4096,
+    config = AutoConfig.for_model(spec.pop("model_type"), vocab_size=vocab, max_position_embeddings=context,
                                   torch_dtype="bfloat16", architectures=[arch], **spec)
     path = tempfile.mkdtemp(prefix=f"{shape}_shape_")
     config.save_pretrained(path)

@@ -49,19 +49,24 @@ def engine_launch(mode: str, args, model_path: str, timeline: str):
     from er_verl.config import EfficientConfig
     from er_verl.engine.server_args import self_draft_env, self_draft_server_args
 
+    requests = args.prompts * args.n
     common = dict(
         model_path=model_path, load_format="dummy", skip_tokenizer_init=True, attention_backend="flashinfer",
         disable_radix_cache=True, mem_fraction_static=args.mem_fraction, disable_prefill_cuda_graph=True,
-        max_running_requests=args.prompts * args.n, random_seed=args.seed, log_level="error",
+        max_running_requests=requests, random_seed=args.seed, log_level="error",
+        cuda_graph_max_bs_decode=min(decode.GRAPH_BS, requests),
     )
     off = dict(ER_VERL_ENGINE=None, ER_VERL_SELF_DRAFT=None, ER_VERL_SPEC_K=None, ER_VERL_FORCE_ACCEPT=None,
-               ER_VERL_CONTROL=None, ER_VERL_TIMELINE=None)
+               ER_VERL_CONTROL=None, ER_VERL_TIMELINE=None, ER_VERL_PLAIN_GRAPH_MAX_BS=None)
     if mode == "plain":  # SGLang untouched but for the timeline hook (plugin.register)
         return common, {**off, "ER_VERL_TIMELINE": timeline}
     cfg = EfficientConfig(max_draft_len=args.kmax, gate="auto", bandit=mode == "bandit", seed=args.seed)
-    ours = self_draft_server_args(cfg, model_path, args.prompts * args.n)
-    ours["cuda_graph_max_bs_decode"] = min(decode.SPEC_GRAPH_BS, args.prompts * args.n)
-    env = {**off, "ER_VERL_ENGINE": "1", "ER_VERL_FORCE_ACCEPT": "0.5", "ER_VERL_TIMELINE": timeline}
+    ours = self_draft_server_args(cfg, model_path, requests)
+    ours["attention_backend"] = args.ours_attention
+    # Drafter and verify graphs up to SPEC_GRAPH_BS (FlashInfer's workspace); K=0 graphs as far as plain's.
+    ours["cuda_graph_max_bs_decode"] = min(decode.SPEC_GRAPH_BS, requests)
+    env = {**off, "ER_VERL_ENGINE": "1", "ER_VERL_FORCE_ACCEPT": "0.5", "ER_VERL_TIMELINE": timeline,
+           "ER_VERL_PLAIN_GRAPH_MAX_BS": str(common["cuda_graph_max_bs_decode"])}
     if mode == "fixed":
         env.update(self_draft_env(args.fixed_k))
     else:
@@ -79,7 +84,9 @@ def run_mode(mode: str, args, model_path: str, reqs: list[dict], out_dir: str) -
     with decode.environ(**env):
         engine = sglang.Engine(**kwargs)
     try:
-        engine.generate(input_ids=[reqs[0]["ids"]], sampling_params={"max_new_tokens": 8})  # warm-up
+        # Warm-up over every prompt: JIT kernels for the large prefill and decode batches compile here
+        # (once ~80 s inside the first timed rollout of a fresh host), not in the timed run.
+        engine.generate(input_ids=[r["ids"] for r in reqs], sampling_params={"max_new_tokens": 4})
         sampling = []
         for r in reqs:
             custom = {"er_group": r["group"]}
@@ -87,23 +94,26 @@ def run_mode(mode: str, args, model_path: str, reqs: list[dict], out_dir: str) -
                 custom["er_force_alpha"] = r["alpha"]
             sampling.append(dict(max_new_tokens=r["max_new_tokens"], temperature=1.0, ignore_eos=True,
                                  custom_params=custom))
-        start = time.perf_counter()
+        start, start_clock = time.perf_counter(), time.time()
         outs = engine.generate(input_ids=[r["ids"] for r in reqs], sampling_params=sampling)
         wall = time.perf_counter() - start
     finally:
         engine.shutdown()
     tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
-    row = {"mode": mode, "rollout_s": wall, "tokens": tokens, "tok_s": tokens / wall, "timeline": read_timeline(timeline)}
+    row = {"mode": mode, "rollout_s": wall, "tokens": tokens, "tok_s": tokens / wall,
+           "attention_backend": kwargs["attention_backend"], "timeline": read_timeline(timeline, after=start_clock)}
     if mode != "plain":
         row["forced_alpha_per_group"] = True
     return row
 
 
-def read_timeline(path: str) -> list[dict]:
+def read_timeline(path: str, after: float = 0.0) -> list[dict]:
+    """The timeline's decode calls at or after wall-clock ``after`` (the warm-up's are dropped)."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r["t"] >= after]
 
 
 def step_times(timeline: list[dict], k: int | None = None) -> dict[int, list[float]]:
@@ -184,6 +194,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kmax", type=int, default=5)
     p.add_argument("--fixed-k", type=int, default=3)
     p.add_argument("--mem-fraction", type=float, default=0.6)
+    p.add_argument("--ours-attention", default="triton", choices=("triton", "flashinfer"),
+                   help="er_verl's attention backend (plain SGLang keeps flashinfer); with flashinfer a K=0 step "
+                        "waits for its CPU planning")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench_rollout.json")
 
@@ -212,7 +225,7 @@ def execute(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str
             report = json.load(f)
     report["environment"] = decode.environment(args, argv)
     reqs = workload(args.prompts, args.n, args.max_len, args.prompt_len, args.vocab, args.seed)
-    model_path = args.model or decode.make_config(args.shape, args.vocab)
+    model_path = args.model or decode.make_config(args.shape, args.vocab, max(4096, args.prompt_len + args.max_len))
     for mode in modes:
         if any(r["mode"] == mode for r in report["rows"]):
             continue

@@ -28,6 +28,7 @@ nothing is broadcast from rank 0 (unverified). Memory: q is kept as [B, K, V] fp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -197,6 +198,36 @@ def plain_k0_enabled(environ=None) -> bool:
     if raw not in ("0", "1"):
         raise ValueError(f"{PLAIN_K0_ENV}={raw!r}: expected 1 (K=0 as a plain decode step) or 0 (SGLang's verify)")
     return raw == "1"
+
+
+PLAIN_GRAPH_MAX_BS_ENV = "ER_VERL_PLAIN_GRAPH_MAX_BS"
+
+
+def plain_graph_max_bs(environ=None) -> int | None:
+    """``ER_VERL_PLAIN_GRAPH_MAX_BS``: the largest batch the K=0 decode graphs cover, or None (the server's
+    decode graph list, as for the drafter and verify graphs). Verify graphs of K+1 tokens per request may be
+    capped low (FlashInfer's workspace, pitfall 5) while K=0 must match plain SGLang's graphs: a batch
+    above the K=0 graphs takes SGLang's eager one-token verify step, ~2x slower at bs 128-512 (H200)."""
+    raw = (environ if environ is not None else os.environ).get(PLAIN_GRAPH_MAX_BS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{PLAIN_GRAPH_MAX_BS_ENV}={raw!r}: expected a batch size >= 1 (or unset)")
+    return int(raw)
+
+
+@contextlib.contextmanager
+def decode_graph_bs(server_args, max_bs: int | None):
+    """While capturing: SGLang's decode graph batch sizes extended to ``max_bs`` (SGLang's own list for that
+    max); never shrunk, restored afterwards."""
+    cfg = server_args.cuda_graph_config.decode
+    saved = cfg.bs, cfg.max_bs
+    if max_bs is not None and max_bs > max(cfg.bs or [0]):
+        cfg.bs, cfg.max_bs = server_args._generate_decode_cuda_graph_batch_sizes(max_bs), max_bs
+    try:
+        yield
+    finally:
+        cfg.bs, cfg.max_bs = saved
 
 
 def plain_step(worker, batch, graphs, gen: torch.Generator):

@@ -104,7 +104,8 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
 
         With ``ER_VERL_PLAIN_K0`` on (the default), a second set is captured on the same runner with the *target* model
         and its own attention backend (``self.target_graphs``): K=0 then runs as a plain DECODE step of the
-        target (``spec_round.plain_step``) instead of SGLang's one-token TARGET_VERIFY pass."""
+        target (``spec_round.plain_step``) instead of SGLang's one-token TARGET_VERIFY pass. Those graphs reach
+        ``ER_VERL_PLAIN_GRAPH_MAX_BS`` when it is above the server's list (``spec_round.plain_graph_max_bs``)."""
         from sglang.srt.model_executor.runner.decode_cuda_graph_runner import DecodeCudaGraphRunner
         from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
@@ -126,14 +127,16 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
                 try:
                     with oom_in_capture(faults, runner.model):
                         backend = runner._get_attention_backend(init_new_workspace=True)
-                        self.target_graphs = DecodeCudaGraphRunner(runner, attn_backend=backend)
+                        with spec_round.decode_graph_bs(runner.server_args, spec_round.plain_graph_max_bs()):
+                            self.target_graphs = DecodeCudaGraphRunner(runner, attn_backend=backend)
                 except Exception as exc:  # noqa: BLE001
                     capture_failed("the target's K=0 decode graphs", exc, "K=0 takes SGLang's one-token verify step")
         finally:
             runner.spec_algorithm, runner.model = saved
         graphs = runner.decode_cuda_graph_runner
         print(f"er_verl[scheduler]: drafter decode CUDA graphs for bs {getattr(graphs, 'capture_bs', None)}"
-              + ("; target plain-decode graphs for K=0 too" if self.target_graphs is not None else ""), flush=True)
+              + (f"; target plain-decode graphs for K=0 up to bs {self.target_graphs.max_bs}"
+                 if self.target_graphs is not None else ""), flush=True)
 
     def _draft_extend_for_prefill(self, batch, target_hidden_states, next_token_ids, mm_input_embeds=None):
         """No draft prefill (it would overwrite the shared KV): the next round starts from the bonus token."""

@@ -321,3 +321,27 @@ def test_plain_k0_is_on_by_default_and_checked():
     assert plain_k0_enabled({}) is True and plain_k0_enabled({"ER_VERL_PLAIN_K0": "0"}) is False
     with pytest.raises(ValueError, match="ER_VERL_PLAIN_K0"):
         plain_k0_enabled({"ER_VERL_PLAIN_K0": "yes"})
+
+
+def test_plain_graph_max_bs_extends_the_k0_graph_list_only_while_capturing():
+    from types import SimpleNamespace
+
+    from er_verl.engine.spec_round import decode_graph_bs, plain_graph_max_bs
+
+    assert plain_graph_max_bs({}) is None and plain_graph_max_bs({"ER_VERL_PLAIN_GRAPH_MAX_BS": "256"}) == 256
+    for bad in ("0", "-4", "big"):
+        with pytest.raises(ValueError, match="ER_VERL_PLAIN_GRAPH_MAX_BS"):
+            plain_graph_max_bs({"ER_VERL_PLAIN_GRAPH_MAX_BS": bad})
+    decode = SimpleNamespace(bs=[1, 2, 4, 8, 128], max_bs=128)
+    sa = SimpleNamespace(cuda_graph_config=SimpleNamespace(decode=decode),
+                         _generate_decode_cuda_graph_batch_sizes=lambda m: [1, 8, 64, m])
+    with decode_graph_bs(sa, 256):
+        assert decode.bs == [1, 8, 64, 256] and decode.max_bs == 256
+    assert decode.bs == [1, 2, 4, 8, 128] and decode.max_bs == 128  # restored
+    for smaller in (None, 64):
+        with decode_graph_bs(sa, smaller):
+            assert decode.bs == [1, 2, 4, 8, 128]  # never shrunk
+    with pytest.raises(RuntimeError):
+        with decode_graph_bs(sa, 512):
+            raise RuntimeError("capture failed")
+    assert decode.max_bs == 128  # restored after a failed capture too
