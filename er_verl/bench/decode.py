@@ -130,7 +130,7 @@ def measure(engine, prompt_ids: list, point: dict, new_tokens: int) -> dict:
     return row
 
 
-def environment(args, argv) -> dict:
+def environment(args, argv, tool: str = "decode") -> dict:
     import torch
 
     versions = {}
@@ -141,7 +141,7 @@ def environment(args, argv) -> dict:
             versions[name] = None
     return dict(
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, versions=versions,
-        python=platform.python_version(), command="er-verl bench decode " + " ".join(argv),
+        python=platform.python_version(), command=f"er-verl bench {tool} " + " ".join(argv),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         shape=args.shape, prompt_len=args.prompt_len, new_tokens=getattr(args, "new_tokens", None), temperature=1.0,
     )

@@ -223,13 +223,14 @@ def execute(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str
     if os.path.exists(args.out):
         with open(args.out) as f:
             report = json.load(f)
-    report["environment"] = decode.environment(args, argv)
+    report["environment"] = decode.environment(args, argv, tool="rollout")
     reqs = workload(args.prompts, args.n, args.max_len, args.prompt_len, args.vocab, args.seed)
     model_path = args.model or decode.make_config(args.shape, args.vocab, max(4096, args.prompt_len + args.max_len))
     for mode in modes:
         if any(r["mode"] == mode for r in report["rows"]):
             continue
         report["rows"].append(run_mode(mode, args, model_path, reqs, out_dir))
+        report["rows"][-1]["command"] = report["environment"]["command"]  # modes may come from several calls
         report["summary"] = summarize(report["rows"])
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
