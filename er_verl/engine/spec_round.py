@@ -388,6 +388,21 @@ def tag_round_counts(reqs, k: int) -> None:
             _tag_ahead(req, key, total, k, pad=None)
 
 
+def ensure_tags(reqs, keys=(DRAFTED_TAG, ROUNDS_TAG)) -> None:
+    """Give every request of a decode batch each tag key (an empty list if it has none yet). SGLang's output
+    streamer collects ``customized_info[key]`` only from requests that have the key, and the tokenizer manager
+    then indexes that list by the batch position of every request: one request without a key in a batch
+    where another has it raises IndexError there and kills the server (seen on the H200 when the gate first
+    turned on in the middle of a verl rollout, a request finishing in its first speculative round)."""
+    for req in reqs:
+        info = req.customized_info
+        if info is None:
+            req.customized_info = info = {}
+        for key in keys:
+            if key not in info:
+                info[key] = []
+
+
 def _tag_ahead(req, key: str, value, k: int, pad) -> None:
     """Per-token tag ``key`` of ``req.customized_info`` (SGLang streams ``tag[sent:len(output_ids)]``): the
     next ``k + 1`` positions from ``len(output_ids)`` get ``value`` (overwriting earlier look-ahead); untagged

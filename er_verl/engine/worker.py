@@ -321,8 +321,11 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.apply_runtime_state(self.runtime_states[k])  # a no-op when K is unchanged
 
     def on_batch(self, batch) -> None:
-        """With forced acceptance on: warn (rate-limited) and tag every request of every batch, so each
+        """Every request of every decode batch gets the round-count tag keys (``spec_round.ensure_tags``).
+        With forced acceptance on: warn (rate-limited) and tag every request of every batch, so each
         streamed output carries the tag (the tokenizer manager indexes customized_info by request)."""
+        if getattr(batch, "reqs", None):
+            spec_round.ensure_tags(batch.reqs)
         if self.force_alpha is not None and getattr(batch, "reqs", None):
             self.batch_alpha = self._from_params(spec_round.batch_alpha, batch, self.force_alpha)
             self.forced_warning(self.batch_alpha)

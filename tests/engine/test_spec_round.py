@@ -345,3 +345,35 @@ def test_plain_graph_max_bs_extends_the_k0_graph_list_only_while_capturing():
         with decode_graph_bs(sa, 512):
             raise RuntimeError("capture failed")
     assert decode.max_bs == 128  # restored after a failed capture too
+
+
+def test_every_request_of_a_batch_carries_the_tag_keys_sglang_streams():
+    """SGLang's streamer appends customized_info[key] only for requests having the key; its tokenizer manager
+    then reads v[i] for every request i of the batch. One tagged request beside an untagged one crashed a
+    verl rollout on the H200; after ensure_tags every key's list has one entry per request."""
+    from types import SimpleNamespace
+
+    from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG, ensure_tags, tag_round_counts
+
+    def stream(reqs):  # output_streamer: per key, one slice per request that has the key
+        out = {}
+        for req in reqs:
+            for key, v in (req.customized_info or {}).items():
+                out.setdefault(key, []).append(v[0:len(req.output_ids)])
+        return out
+
+    def req(n, info=None):
+        return SimpleNamespace(output_ids=[1] * n, customized_info=info)
+
+    reqs = [req(5), req(3), req(7, {"other": [0] * 7})]
+    tag_round_counts(reqs[:1], k=2)  # only the first speculated (the others finished or were K=0)
+    with pytest.raises(IndexError):
+        [stream(reqs)[DRAFTED_TAG][i] for i in range(len(reqs))]  # what the tokenizer manager does
+    ensure_tags(reqs)
+    out = stream(reqs)
+    assert all(len(out[key]) == len(reqs) for key in (DRAFTED_TAG, ROUNDS_TAG))
+    assert out[DRAFTED_TAG][1] == [] and reqs[0].er_verl_drafted == 2
+    assert reqs[2].customized_info["other"] == [0] * 7  # other keys untouched
+    before = dict(reqs[0].customized_info)
+    ensure_tags(reqs)  # idempotent: existing tags kept
+    assert reqs[0].customized_info == before
