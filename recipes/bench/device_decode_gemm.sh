@@ -6,9 +6,6 @@
 set -uo pipefail
 source recipes/smoke/device_env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/er_res; mkdir -p "$OUT" "$RES"
-if ls .jitcache/cache.tgz.* >/dev/null 2>&1 && [ ! -d ~/.cache/tvm-ffi ]; then
-  cat .jitcache/cache.tgz.* | tar xzf - -C ~ && echo "jit cache restored"
-fi
 case ${PHASE:-1} in
   1)
     timeout 120 python3 -m pytest tests/draft/test_decode_gemm_gpu.py -q 2>&1 | tail -3

@@ -8,9 +8,6 @@
 set -uo pipefail
 source recipes/smoke/device_env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .jitcache/cache.tgz.* >/dev/null 2>&1 && [ ! -d ~/.cache/tvm-ffi ]; then
-  cat .jitcache/cache.tgz.* | tar xzf - -C ~ && echo "jit cache restored: $(ls ~/.cache/tvm-ffi | wc -l) tvm-ffi modules"
-fi
 bench() {  # label, log, timeout, extra args...
   local label=$1 log=$2 t=$3; shift 3
   ER_VERL_PROFILE_EVERY=100 ER_VERL_TORCH_PROFILE="$OUT/prof_$label:20:8" timeout "$t" \

@@ -5,9 +5,6 @@
 set -uo pipefail
 source recipes/smoke/device_env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/er_res; mkdir -p "$OUT" "$RES"
-if ls .jitcache/cache.tgz.* >/dev/null 2>&1 && [ ! -d ~/.cache/tvm-ffi ]; then
-  cat .jitcache/cache.tgz.* | tar xzf - -C ~ && echo "jit cache restored"
-fi
 case ${PHASE:-1} in
   1)
     timeout 300 python3 -m pytest tests/engine/test_spec_round_gpu.py -q -s -x -k plain_k0 > "$RES/plain_k0_test.log" 2>&1

@@ -7,9 +7,6 @@
 set -uo pipefail
 source recipes/smoke/device_env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .jitcache/cache.tgz.* >/dev/null 2>&1 && [ ! -d ~/.cache/tvm-ffi ]; then
-  cat .jitcache/cache.tgz.* | tar xzf - -C ~ && echo "jit cache restored"
-fi
 common="--bs 1,8 --k 4 --alpha 0.9 --new-tokens 256 --out $OUT/profile_8b.json"
 ER_VERL_PROFILE_EVERY=${EVERY:-100} timeout ${T:-400} python3 -m er_verl.bench.decode --engines plain,ours $common \
   > "$OUT/profile.log" 2>&1

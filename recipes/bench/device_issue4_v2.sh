@@ -9,9 +9,6 @@
 set -uo pipefail
 source recipes/smoke/device_env.sh
 OUT=${OUT:-/tmp/out}; RES=/tmp/er_res; mkdir -p "$OUT" "$RES"
-if ls .jitcache/cache.tgz.* >/dev/null 2>&1 && [ ! -d ~/.cache/tvm-ffi ]; then
-  cat .jitcache/cache.tgz.* | tar xzf - -C ~ && echo "jit cache restored"
-fi
 BS=${BS:-1,8,32,128}
 bench() { timeout "$1" python3 -m er_verl.bench.decode --bs "$BS" --new-tokens 256 --out "$RES/bench_8b.json" "${@:2}"; }
 case ${PHASE:-1} in

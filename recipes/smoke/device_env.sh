@@ -13,3 +13,7 @@ with open(sys.argv[1], "w") as f:
         f.write(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in items.items()) + "\n")
 PY
 export PYTHONPATH=/tmp/er_meta:$PYTHONPATH
+# The JIT cache carried in .jitcache (FlashInfer / SGLang kernels), restored once per host.
+if ls .jitcache/cache.tgz.* >/dev/null 2>&1 && [ ! -d ~/.cache/tvm-ffi ]; then
+  cat .jitcache/cache.tgz.* | tar xzf - -C ~ && echo "jit cache restored"
+fi
