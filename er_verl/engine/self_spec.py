@@ -92,9 +92,17 @@ class SelfSpecMixin:
                 k = 0
                 self.use_k(0)
         if k == 0:
-            result = self.plain_step(batch, on_publish)
+            # K=0 commits one token per request, so its new lengths are known before it runs: publish them
+            # first. SGLang's overlap scheduler waits on the CPU for this publish before preparing the next
+            # batch whenever the attention backend plans from host-side lengths (FlashInfer:
+            # FutureMap.resolve_seq_lens_cpu); published after the step, batch n+1's CPU work could not
+            # start until batch n had finished on the GPU. A round's lengths depend on its acceptance and
+            # are published after its sampling.
+            if on_publish is not None:
+                on_publish(batch.seq_lens + 1)
+            result = self.plain_step(batch)
             if result is None:
-                result = super().forward_batch_generation(batch, on_publish)
+                result = super().forward_batch_generation(batch)
         self.decode_stats.count(result)
         self.after_decode(batch, k, result)
         if profiler is not None:
@@ -132,7 +140,7 @@ class SelfSpecMixin:
     def use_k(self, k: int) -> None:
         """Make the runtime state for K active."""
 
-    def plain_step(self, batch: Any, on_publish=None):
+    def plain_step(self, batch: Any):
         """A K=0 step of our own, or None for the stock one (the default)."""
         return None
 

@@ -331,17 +331,16 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             self.forced_warning(self.batch_alpha)
             spec_round.tag_forced(batch.reqs, self.batch_alpha, self.speculative_num_steps_max)
 
-    def plain_step(self, batch, on_publish=None):
+    def plain_step(self, batch):
         """K=0 as the target's plain DECODE graph (``spec_round.plain_step``), or None: then the stock one-token
-        verify step runs (no target graphs captured, a batch size or batch kind they do not cover)."""
+        verify step runs (no target graphs captured, a batch size or batch kind they do not cover). The new
+        lengths were published before it (``SelfSpecMixin.forward_batch_generation``)."""
         graphs = getattr(self._draft_worker, "target_graphs", None)
         if graphs is None or self.round_k_unsupported(batch):
             return None
         result = spec_round.plain_step(self, batch, graphs, self._rng())
         if result is None:
             return None
-        if on_publish is not None:
-            on_publish(result.new_seq_lens)
         self._draft_worker._draft_extend_for_decode(batch, result)
         return result
 
@@ -353,6 +352,10 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         # Nothing is published before this point: a round that raised above falls back to a plain step.
         if on_publish is not None:
             on_publish(result.new_seq_lens)
+        # SGLang's WAR barrier lets the next batch's scheduling overwrite shared buffers once the event below
+        # fires; the last draft step's decode graph set it, but the verify pass read them after that. Cleared,
+        # the barrier waits for this whole round (on the GPU; the CPU already waited for the publish above).
+        self._draft_worker.draft_runner.war_fastpath_read_done_event = None
         self._draft_worker._draft_extend_for_decode(batch, result)
         self.spec_rounds += 1
         return result

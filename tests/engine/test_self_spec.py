@@ -103,3 +103,48 @@ def test_k0_uses_the_plain_step_when_it_returns_a_result_else_the_stock_step():
     w.plain_step = lambda batch, on_publish=None: None  # graphs cannot run this batch: stock K=0 step
     w.forward_batch_generation(Batch(extend=False))
     assert w.log[-1] == ("forward", False, False)
+
+
+def test_k0_publishes_the_new_lengths_before_its_step_runs():
+    """The overlap scheduler's next batch waits for the publish; a K=0 step's lengths are seq_lens + 1."""
+    import torch
+
+    w = Worker()
+    w.drafter.refresh(w.target_worker.model_runner.model)
+    published = []
+    batch = Batch(extend=False)
+    batch.seq_lens = torch.tensor([5, 9])
+    w.plain_step = lambda b: w.log.append(("plain", len(published))) or type("R", (), {})()
+    w.forward_batch_generation(batch, on_publish=lambda lens: published.append(lens.tolist()))
+    assert published == [[6, 10]] and w.log[-1] == ("plain", 1)  # published once, before the step
+    w.plain_step = lambda b: None  # the stock K=0 step must not publish a second time
+    w.forward_batch_generation(batch, on_publish=lambda lens: published.append(lens.tolist()))
+    assert published == [[6, 10], [6, 10]] and w.log[-1] == ("forward", False, False)
+
+
+def test_a_round_publishes_its_own_lengths_and_a_failed_one_falls_back_to_an_early_k0_publish():
+    import torch
+
+    w = Worker()
+    w.drafter.refresh(w.target_worker.model_runner.model)
+    w.round_k = lambda batch: 2
+    published = []
+    batch = Batch(extend=False)
+    batch.seq_lens = torch.tensor([4])
+
+    def round_ok(b, k, on_publish=None):
+        on_publish(b.seq_lens + 3)  # acceptance-dependent: the round publishes after sampling
+        return type("R", (), {})()
+
+    w.speculative_round = round_ok
+    w.forward_batch_generation(batch, on_publish=lambda lens: published.append(lens.tolist()))
+    assert published == [[7]]
+
+    def round_raises(b, k, on_publish=None):
+        b.seq_lens = torch.tensor([99])  # rebinds the batch, then fails before publishing
+        raise RuntimeError("drafter fault")
+
+    w.speculative_round = round_raises
+    w.plain_step = lambda b: type("R", (), {})()
+    w.forward_batch_generation(batch, on_publish=lambda lens: published.append(lens.tolist()))
+    assert published == [[7], [5]]  # the restored lengths + 1
