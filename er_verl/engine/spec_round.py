@@ -231,14 +231,17 @@ def decode_graph_bs(server_args, max_bs: int | None):
 
 
 def plain_step(worker, batch, graphs, gen: torch.Generator):
-    """K = 0 as one plain target DECODE forward, or None when ``graphs`` cannot run this batch.
+    """K = 0 as one plain target DECODE forward.
 
-    The draft runner (the target's KV pool and slot table) replays ``graphs``, the target model's own decode
-    CUDA graphs captured on that runner: the bonus token x̂ at position n is fed, its target K/V written to
-    ``req_to_token[r, n]``, and the next token is drawn from p by ``verify.draft_sample`` (SGLang's
-    temperature / top-k / top-p / min-p semantics, greedy = argmax). Never eager: an eager forward on the
-    draft runner would run the drafter, so a batch the graphs do not cover returns None (stock K=0 path)."""
+    The draft runner (the target's KV pool and slot table) runs the *target* model: ``graphs``, the target's
+    own decode CUDA graphs captured on that runner, when they cover the batch; above them, the same forward
+    eagerly (``graphs.attn_backend`` planned for this batch, as SGLang's eager decode), never SGLang's
+    one-token TARGET_VERIFY pass (2x slower than a plain eager decode at bs 256-511 on the H200). The bonus
+    token x̂ at position n is fed, its target K/V written to ``req_to_token[r, n]``, and the next token is
+    drawn from p by ``verify.draft_sample`` (SGLang's temperature / top-k / top-p / min-p semantics,
+    greedy = argmax)."""
     from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch
+    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
     runner = worker.drafter.runner
     step = decode_step_batch(batch)
@@ -246,17 +249,19 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
     _set_decode_step(step, batch, batch.spec_info.bonus_tokens.to(torch.int64), slots[0], 1)
     step.capture_hidden_mode = CaptureHiddenMode.NULL
     forward_batch = ForwardBatch.init_new(step, runner)
-    if not graphs.can_run_graph(forward_batch):
-        return None
-    from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
-
+    can_graph = bool(graphs.can_run_graph(forward_batch))
     with forward_context(ForwardContext(attn_backend=graphs.attn_backend)):
-        logits_output = graphs.execute(forward_batch)
+        if can_graph:
+            logits_output = graphs.execute(forward_batch)
+        else:
+            graphs.attn_backend.init_forward_metadata(forward_batch)
+            target = worker.target_worker.model_runner.model
+            logits_output = target.forward(forward_batch.input_ids, forward_batch.positions, forward_batch)
     s = SamplingTensors.of(batch.sampling_info)
     token, _ = verify.draft_sample(logits_output.next_token_logits, s.temperature, s.top_k, s.top_p, s.min_p,
                                    gen, s.need_filter)
     return _result(batch, batch.seq_lens, logits_output, token[:, None], torch.ones_like(token), 0, s,
-                   can_graph=True, keep_alive=forward_batch)
+                   can_graph=can_graph, keep_alive=forward_batch)
 
 
 def _set_decode_step(step, batch, token, slots, ahead: int) -> None:

@@ -239,10 +239,13 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
                         "Lower cuda_graph_max_bs or mem_fraction_static, or launch without speculation.") from exc
                 capture_failed(f"the verify state for K={k}", exc, f"a batch asking for K={k} gets the next lower K")
         self.prepared_k = [0] if no_drafts else sorted(self.runtime_states)
+        self.spec_graph_max_bs = spec_graph_max_bs(self._draft_worker.draft_runner.decode_cuda_graph_runner,
+                                                   runner.decode_cuda_graph_runner)
         plain = self.runtime_states[0]
         self.apply_runtime_state(plain)
         print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K={self.forced_k} "
-              f"(K usable: {self.prepared_k}; forced acceptance {self.force_alpha})", flush=True)
+              f"(K usable: {self.prepared_k}; the controller speculates up to bs {self.spec_graph_max_bs}; "
+              f"forced acceptance {self.force_alpha})", flush=True)
 
     @property
     def spec_v2_attn_backends(self) -> tuple:
@@ -257,6 +260,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             return 0
         default = self.forced_k
         if self.feedback is not None and not any(spec_round.K_PARAM in (p or {}) for p in request_params(batch)):
+            if len(batch.reqs) > self.spec_graph_max_bs:
+                return 0  # the controller never speculates past the draft / verify graphs (eager rounds lose)
             default = min(self.feedback.controller.choose(group_keys(batch)), self.speculative_num_steps_max)
         k = self._from_params(spec_round.batch_k, batch, default, self.speculative_num_steps_max)
         return spec_round.usable_k(k, self.prepared_k)
@@ -332,15 +337,14 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             spec_round.tag_forced(batch.reqs, self.batch_alpha, self.speculative_num_steps_max)
 
     def plain_step(self, batch):
-        """K=0 as the target's plain DECODE graph (``spec_round.plain_step``), or None: then the stock one-token
-        verify step runs (no target graphs captured, a batch size or batch kind they do not cover). The new
-        lengths were published before it (``SelfSpecMixin.forward_batch_generation``)."""
+        """K=0 as a plain target DECODE step (``spec_round.plain_step``: its graph, or eager above the graphs),
+        or None: then the stock one-token verify step runs (no target graphs captured, or a batch kind
+        :meth:`round_k_unsupported` names). The new lengths were published before it
+        (``SelfSpecMixin.forward_batch_generation``)."""
         graphs = getattr(self._draft_worker, "target_graphs", None)
         if graphs is None or self.round_k_unsupported(batch):
             return None
         result = spec_round.plain_step(self, batch, graphs, self._rng())
-        if result is None:
-            return None
         self._draft_worker._draft_extend_for_decode(batch, result)
         return result
 
@@ -366,6 +370,14 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             self._generator = torch.Generator(device=self.device)
             self._generator.manual_seed(int(self.server_args.random_seed or 0))
         return self._generator
+
+
+def spec_graph_max_bs(draft_graphs, verify_graphs) -> int:
+    """The largest batch a speculative round replays CUDA graphs for: the drafter's decode graphs and the
+    target's verify graphs both cover it (0 when either is missing). Above it a round would run its K draft
+    steps and its verify pass eagerly; on the H200 (8B, bs 128-255) such rounds took 5-7x a plain step."""
+    sizes = [getattr(g, "max_bs", 0) or 0 for g in (draft_graphs, verify_graphs)]
+    return min(sizes)
 
 
 def capture_failed(what: str, exc: BaseException, instead: str) -> None:

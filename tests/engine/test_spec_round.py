@@ -188,6 +188,21 @@ def test_round_k_takes_the_smallest_requested_k_and_ignores_bad_values_with_one_
     assert capsys.readouterr().out.count("WARNING") == 1
 
 
+def test_the_controller_never_speculates_past_the_round_graphs_but_an_explicit_k_is_honoured():
+    from er_verl.engine.worker import SelfSpecWorkerV2, spec_graph_max_bs
+
+    graphs = lambda bs: types.SimpleNamespace(max_bs=bs)  # noqa: E731
+    assert spec_graph_max_bs(graphs(128), graphs(256)) == 128 and spec_graph_max_bs(None, graphs(64)) == 0
+    asked = []
+    controller = types.SimpleNamespace(choose=lambda groups: asked.append(len(groups)) or 3)
+    me = _worker(forced_k=0)
+    me.feedback, me.spec_graph_max_bs = types.SimpleNamespace(controller=controller), 2
+    assert SelfSpecWorkerV2.round_k(me, _batch(reqs=_reqs(None, None))) == 3
+    assert SelfSpecWorkerV2.round_k(me, _batch(reqs=_reqs(None, None, None))) == 0
+    assert asked == [2]  # the controller is not asked (its gate state untouched) past the graphs
+    assert SelfSpecWorkerV2.round_k(me, _batch(reqs=_reqs({"er_k": 2}, {"er_k": 2}, {"er_k": 2}))) == 2
+
+
 def test_request_k_and_batch_alpha_validate_with_a_sentence():
     assert spec_round.request_k({"er_k": 3}, 4) == 3 and spec_round.request_k({}, 4) is None
     for bad in (5, -1, 2.0, True, "2"):
@@ -251,7 +266,7 @@ def test_round_k_asks_the_controller_with_group_keys_unless_a_request_sets_er_k(
             return 9  # more than Kmax: clamped
 
     me = _worker(forced_k=0)
-    me.feedback = types.SimpleNamespace(controller=Controller())
+    me.feedback, me.spec_graph_max_bs = types.SimpleNamespace(controller=Controller()), 64
     reqs = _reqs({"er_group": "u1"}, {"er_group": "u1"}, None)
     for r, rid in zip(reqs, ("r0", "r1", "r2")):
         r.rid = rid

@@ -35,19 +35,22 @@ ENGINE_KW = dict(
 PROMPTS = [[5, 6, 7, 8], [11, 12, 13], [40, 41, 42, 43, 44, 45], [100, 7, 300]]
 
 
-def generate(path, prompts, sampling, spec_k=None, alpha=None, plain_k0=None, **request):
+def generate(path, prompts, sampling, spec_k=None, alpha=None, plain_k0=None, engine_kw=None, **request):
     """Outputs of one engine: plain SGLang (spec_k None) or er_verl speculating with K = spec_k
-    (``plain_k0``: ER_VERL_PLAIN_K0, K=0 steps as the target's own decode graph)."""
+    (``plain_k0``: ER_VERL_PLAIN_K0, K=0 steps as the target's own decode graph; ``engine_kw``: overrides
+    of ENGINE_KW)."""
     import sglang
 
+    kw = {**ENGINE_KW, **(engine_kw or {})}
     if spec_k is None:
         with environ(ER_VERL_ENGINE=None, ER_VERL_SELF_DRAFT=None):
-            engine = sglang.Engine(model_path=path, **ENGINE_KW)
+            engine = sglang.Engine(model_path=path, **kw)
     else:
         args = self_draft_server_args(EfficientConfig(max_draft_len=KMAX), path)
         force = None if alpha is None else str(alpha)
-        with environ(ER_VERL_ENGINE="1", ER_VERL_FORCE_ACCEPT=force, ER_VERL_PLAIN_K0=plain_k0, **self_draft_env(spec_k)):
-            engine = sglang.Engine(model_path=path, **{**ENGINE_KW, **args})
+        with environ(ER_VERL_ENGINE="1", ER_VERL_FORCE_ACCEPT=force, ER_VERL_PLAIN_K0=plain_k0,
+                     ER_VERL_PLAIN_GRAPH_MAX_BS=None, **self_draft_env(spec_k)):
+            engine = sglang.Engine(model_path=path, **{**kw, **args})
     try:
         return engine.generate(input_ids=prompts, sampling_params=sampling, **request)
     finally:
@@ -120,6 +123,18 @@ def test_plain_k0_step_equals_plain_decoding(peaked_model_path):
                                                [o["output_ids"][pos] for o in ours]))[1]
         print(f"plain K=0 step, token {pos + 1}: p = {p_value:.4f}")
         assert p_value > 1e-3, f"token {pos + 1}: plain-K0 and plain distributions differ (p = {p_value:.2e})"
+
+
+def test_plain_k0_above_the_decode_graphs_equals_plain_decoding(peaked_model_path):
+    """A K=0 batch larger than the decode graphs runs the target's decode forward eagerly on the draft runner
+    (not SGLang's one-token verify pass): greedy output identical to plain SGLang's for 12 requests with
+    graphs captured only up to bs 2 (so batches of 3..12 are eager)."""
+    greedy = {"max_new_tokens": 32, "temperature": 0.0, "ignore_eos": True}
+    prompts = [[p[0] + i, *p[1:]] for i in range(3) for p in PROMPTS]
+    small = {"cuda_graph_max_bs_decode": 2}
+    plain = generate(peaked_model_path, prompts, greedy, engine_kw=small)
+    ours = generate(peaked_model_path, prompts, greedy, spec_k=0, plain_k0="1", engine_kw=small)
+    assert [o["output_ids"] for o in ours] == [p["output_ids"] for p in plain]
 
 
 def test_next_token_distribution_equals_plain(peaked_model_path):
