@@ -137,9 +137,16 @@ def off_vs_plain(mode_tl: list[dict], plain_tl: list[dict], min_steps: int = 20)
     }
 
 
+def seconds_by_bucket(timeline: list[dict]) -> dict[int, float]:
+    """{batch-size bucket: decode seconds spent there}. For plain decoding this bounds what speculation can
+    save: a rollout spending s_b seconds at bucket b with speedup x_b there takes Σ s_b / x_b."""
+    return {b: sum(v) for b, v in sorted(step_times(timeline).items())}
+
+
 def summarize(rows: list[dict]) -> dict:
     """Rollout time of each mode and its change vs plain; share of decode calls that speculated; where
-    the gate was off, each batch-size bucket's step time vs plain's (needs both timelines)."""
+    the gate was off, each batch-size bucket's step time vs plain's (needs both timelines); plain's decode
+    seconds per batch-size bucket."""
     plain = next((r for r in rows if r["mode"] == "plain"), None)
     out = {}
     for r in rows:
@@ -147,6 +154,8 @@ def summarize(rows: list[dict]) -> dict:
         if plain:
             s["vs_plain"] = r["rollout_s"] / plain["rollout_s"] - 1.0
         tl = r.get("timeline") or []
+        if tl and r["mode"] == "plain":
+            s["seconds_by_bucket"] = {str(b): round(v, 2) for b, v in seconds_by_bucket(tl).items()}
         if tl and r["mode"] != "plain":
             s["speculating_share"] = sum(1 for e in tl if e["k"] > 0) / len(tl)
             if plain and plain.get("timeline"):

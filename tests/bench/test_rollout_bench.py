@@ -53,3 +53,11 @@ def test_gate_off_steps_are_compared_with_plain_per_batch_bucket():
     summary = rollout.summarize(rows)["gate"]
     assert summary["off_step_vs_plain"] == {"64": 1.01} and summary["off_worst"] == pytest.approx(1.01)
     assert "speculating_share" not in rollout.summarize(rows)["plain"]
+
+
+def test_plain_seconds_per_batch_bucket_add_up_to_its_decode_time():
+    plain = [{"t": 0.010 * i, "bs": 100, "k": 0} for i in range(30)]           # 30 steps of 10 ms at bs 64..127
+    plain += [{"t": 0.3 + 0.005 * i, "bs": 5, "k": 0} for i in range(31)]      # 30 steps of 5 ms at bs 4..7
+    assert rollout.seconds_by_bucket(plain) == {4: pytest.approx(0.15), 64: pytest.approx(0.30)}
+    summary = rollout.summarize([{"mode": "plain", "rollout_s": 0.5, "timeline": plain}])
+    assert summary["plain"]["seconds_by_bucket"] == {"4": 0.15, "64": 0.3}
