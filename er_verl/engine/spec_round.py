@@ -254,6 +254,9 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
         if can_graph:
             logits_output = graphs.execute(forward_batch)
         else:
+            # An eager step publishes no WAR read-done event (only a decode graph replay does); one left by an
+            # earlier draft step must not stand for this forward, which reads the shared buffers to the end.
+            runner.war_fastpath_read_done_event = None
             graphs.attn_backend.init_forward_metadata(forward_batch)
             target = worker.target_worker.model_runner.model
             logits_output = target.forward(forward_batch.input_ids, forward_batch.positions, forward_batch)

@@ -66,7 +66,7 @@ class EfficientSGLangHttpServer(SGLangHttpServer):
     def _enable_self_draft(self) -> None:
         """Put the self-drafter's ServerArgs into a copy of ``engine_kwargs.sglang`` (verl pops from it)
         and its environment into this actor's, which SGLang's scheduler processes inherit."""
-        from er_verl.engine.server_args import self_draft_env, self_draft_server_args
+        from er_verl.engine.server_args import graph_sizes, self_draft_env, self_draft_server_args
 
         args = self_draft_server_args(self.efficient, self.model_config.local_path,
                                       max_running_requests=self.config.get("max_num_seqs", None),
@@ -76,14 +76,15 @@ class EfficientSGLangHttpServer(SGLangHttpServer):
         engine_kwargs = self.config.engine_kwargs
         user = dict(engine_kwargs.get("sglang", None) or {})
         clash = {k: user[k] for k in args if k in user and user[k] != args[k]}
+        graph_args, graph_env = graph_sizes(self.efficient.max_draft_len, self.config.get("max_num_seqs", None), user)
         if clash:
             raise ValueError(
                 f"actor_rollout_ref.rollout.engine_kwargs.sglang sets {clash}, which the self-drafter sets to "
                 f"{ {k: args[k] for k in clash} }; remove those keys, or set "
                 "actor_rollout_ref.rollout.custom.efficient.speculate=False to decode plainly."
             )
-        engine_kwargs["sglang"] = {**user, **args}
-        os.environ.update(self_draft_env(None, self.efficient))
+        engine_kwargs["sglang"] = {**user, **args, **graph_args}
+        os.environ.update({**self_draft_env(None, self.efficient), **graph_env})
         self.speculating = True
 
     def _keep_meta_info(self) -> None:
