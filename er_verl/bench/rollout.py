@@ -47,7 +47,7 @@ def workload(prompts: int, n: int, max_len: int, prompt_len: int, vocab: int, se
 def engine_launch(mode: str, args, model_path: str, timeline: str):
     """(sglang.Engine kwargs, environment) of one mode."""
     from er_verl.config import EfficientConfig
-    from er_verl.engine.server_args import self_draft_env, self_draft_server_args
+    from er_verl.engine.server_args import graph_sizes, self_draft_env, self_draft_server_args
 
     requests = args.prompts * args.n
     common = dict(
@@ -63,10 +63,11 @@ def engine_launch(mode: str, args, model_path: str, timeline: str):
     cfg = EfficientConfig(max_draft_len=args.kmax, gate="auto", bandit=mode == "bandit", seed=args.seed)
     ours = self_draft_server_args(cfg, model_path, requests)
     ours["attention_backend"] = args.ours_attention
-    # Drafter and verify graphs up to SPEC_GRAPH_BS (FlashInfer's workspace); K=0 graphs as far as plain's.
-    ours["cuda_graph_max_bs_decode"] = min(decode.SPEC_GRAPH_BS, requests)
-    env = {**off, "ER_VERL_ENGINE": "1", "ER_VERL_FORCE_ACCEPT": "0.5", "ER_VERL_TIMELINE": timeline,
-           "ER_VERL_PLAIN_GRAPH_MAX_BS": str(common["cuda_graph_max_bs_decode"])}
+    # The efficient_sglang server's graph sizes: drafter / verify graphs within FlashInfer's workspace, K=0
+    # graphs as far as plain's.
+    graph_args, graph_env = graph_sizes(args.kmax, requests, {"cuda_graph_max_bs_decode": decode.GRAPH_BS})
+    ours.update(graph_args)
+    env = {**off, "ER_VERL_ENGINE": "1", "ER_VERL_FORCE_ACCEPT": "0.5", "ER_VERL_TIMELINE": timeline, **graph_env}
     if mode == "fixed":
         env.update(self_draft_env(args.fixed_k))
     else:
