@@ -4,6 +4,7 @@
 #            3 steps each (every step ends in a weight sync, so the drafter is requantized through verl);
 #   PHASE=Q: the offline quickstart (SFT a small policy, GRPO with efficient_sglang and with sglang).
 # Logs go straight to $RES (default $OUT, so they come back even when a call runs past its limit).
+#   PHASE=Q QS_WORK=DIR: the quickstart's --work (default /tmp/er_qs); outputs are suffixed with its name.
 #   PHASE=S NAMES="auto always": which smoke variants to run.
 set -uo pipefail
 source recipes/smoke/device_env.sh
@@ -37,10 +38,11 @@ case ${PHASE:-S} in
     done
     ;;
   Q)
-    ER_VERL_PROFILE_EVERY=${ER_VERL_PROFILE_EVERY:-1000} timeout ${T:-560} python3 -m er_verl.cli quickstart --work ${QS_WORK:-/tmp/er_qs} --steps ${STEPS:-5} "$@" 2>&1 \
-      | tee -a "$RES/quickstart.txt" | tail -40
-    cp /tmp/er_qs/summary.json /tmp/er_qs/quickstart.png "$RES/" 2>/dev/null
-    tar czf "$RES/qs_logs.tgz" -C ${QS_WORK:-/tmp/er_qs} logs 2>/dev/null
+    W=${QS_WORK:-/tmp/er_qs}; tag=$(basename "$W")
+    ER_VERL_PROFILE_EVERY=${ER_VERL_PROFILE_EVERY:-1000} timeout ${T:-560} python3 -m er_verl.cli quickstart --work "$W" --steps ${STEPS:-5} "$@" 2>&1 \
+      | tee -a "$RES/quickstart_$tag.txt" | tail -40
+    cp "$W/summary.json" "$RES/summary_$tag.json" 2>/dev/null; cp "$W/quickstart.png" "$RES/quickstart_$tag.png" 2>/dev/null
+    tar czf "$RES/qs_logs_$tag.tgz" -C "$W" logs 2>/dev/null
     ;;
 esac
 nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$RES/summary.txt"
