@@ -14,6 +14,7 @@ events costs one synchronize per report, nothing per step.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import defaultdict
 
@@ -96,16 +97,29 @@ TIMELINE_ENV = "ER_VERL_TIMELINE"
 class Timeline:
     """``ER_VERL_TIMELINE=path``: one JSON line per decode call, {"t": seconds, "bs": B, "k": K}, buffered
     and appended every ``flush_every`` calls or ``flush_s`` seconds (a scheduler is killed, not closed,
-    at shutdown). ``er-verl bench rollout`` plots it."""
+    at shutdown), and by a daemon thread every ``idle_flush_s`` seconds (the last calls before a pause, e.g.
+    a rollout's tail while verl trains, would otherwise wait for the next call). ``er-verl bench rollout``
+    and ``er-verl quickstart`` plot it."""
 
-    def __init__(self, path: str, flush_every: int = 64, flush_s: float = 1.0, clock=time.time):
+    def __init__(self, path: str, flush_every: int = 64, flush_s: float = 1.0, clock=time.time,
+                 idle_flush_s: float | None = 2.0):
         self.path, self.flush_every, self.flush_s, self.clock = path, flush_every, flush_s, clock
         self.rows: list[str] = []
         self.last_flush = None
+        self.lock = threading.Lock()
+        if idle_flush_s:
+            threading.Thread(target=self._flush_every, args=(idle_flush_s,), daemon=True,
+                             name="er_verl-timeline").start()
+
+    def _flush_every(self, seconds: float) -> None:
+        while True:
+            time.sleep(seconds)
+            self.flush()
 
     def record(self, batch_size: int, k: int) -> None:
         now = self.clock()
-        self.rows.append(f'{{"t": {now:.6f}, "bs": {batch_size}, "k": {k}}}')
+        with self.lock:
+            self.rows.append(f'{{"t": {now:.6f}, "bs": {batch_size}, "k": {k}}}')
         if self.last_flush is None:
             self.last_flush = now
         if len(self.rows) >= self.flush_every or now - self.last_flush >= self.flush_s:
@@ -121,10 +135,11 @@ class Timeline:
         return result
 
     def flush(self) -> None:
-        if self.rows:
+        with self.lock:
+            rows, self.rows = self.rows, []
+        if rows:
             with open(self.path, "a") as f:
-                f.write("\n".join(self.rows) + "\n")
-            self.rows.clear()
+                f.write("\n".join(rows) + "\n")
 
 
 def timeline_from_env(environ=os.environ):

@@ -46,6 +46,11 @@ FORCED_TAG = "er_verl_forced_accept"
 # so far. SGLang's own spec_num_proposed_drafts is verify passes x Kmax, K=0 steps included; these are exact.
 DRAFTED_TAG = "er_verl_drafted"
 ROUNDS_TAG = "er_verl_spec_rounds"
+# Running rounds per draft length: a list whose entry K-1 counts this request's rounds of K drafts.
+K_ROUNDS_TAG = "er_verl_k_rounds"
+# The drafter's last requant time (ms), tagged on the requests of the first decode batch after it ran.
+REQUANT_TAG = "er_verl_requant_ms"
+TAG_KEYS = (DRAFTED_TAG, ROUNDS_TAG, K_ROUNDS_TAG, REQUANT_TAG)
 
 
 @dataclass
@@ -386,17 +391,28 @@ class RoundCounts:
 
 
 def tag_round_counts(reqs, k: int) -> None:
-    """For a processed speculative round of ``k`` drafts: add ``k`` drafted tokens and one round to each
-    request's running totals, and tag its next ``k + 1`` output positions with them, so the last streamed
-    token carries the totals."""
+    """For a processed speculative round of ``k`` drafts: add ``k`` drafted tokens, one round and one round
+    of length ``k`` to each request's running totals, and tag its next ``k + 1`` output positions with them,
+    so the last streamed token carries the totals (the per-K counts as a fresh list each round)."""
     for req in reqs:
         totals = (getattr(req, "er_verl_drafted", 0) + k, getattr(req, "er_verl_spec_rounds", 0) + 1)
         req.er_verl_drafted, req.er_verl_spec_rounds = totals
-        for key, total in zip((DRAFTED_TAG, ROUNDS_TAG), totals):
+        by_k = list(getattr(req, "er_verl_k_rounds", ()))
+        by_k += [0] * (k - len(by_k))
+        by_k[k - 1] += 1
+        req.er_verl_k_rounds = by_k
+        for key, total in zip((DRAFTED_TAG, ROUNDS_TAG, K_ROUNDS_TAG), (*totals, by_k)):
             _tag_ahead(req, key, total, k, pad=None)
 
 
-def ensure_tags(reqs, keys=(DRAFTED_TAG, ROUNDS_TAG)) -> None:
+def tag_requant(reqs, ms: float) -> None:
+    """Tag each request's current output position with the drafter's requant time ``ms`` (called for the
+    first decode batch after a requant, so the requests of that rollout carry what their weight sync cost)."""
+    for req in reqs:
+        _tag_ahead(req, REQUANT_TAG, float(ms), 0, pad=None)
+
+
+def ensure_tags(reqs, keys=TAG_KEYS) -> None:
     """Give every request of a decode batch each tag key (an empty list if it has none yet). SGLang's output
     streamer collects ``customized_info[key]`` only from requests that have the key, and the tokenizer manager
     then indexes that list by the batch position of every request: one request without a key in a batch

@@ -184,6 +184,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.forced_warning = spec_round.ForcedWarning()
         self.spec_rounds = 0
         self.round_counts = spec_round.RoundCounts()  # verl's per-request drafted / rounds, at result time
+        self.requants_tagged = 0  # drafter requants whose time went out on a batch's requests
         every = profile_every()
         self.profiler = RoundProfiler(every) if every else None
         self.timeline = timeline_from_env()
@@ -305,6 +306,9 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
     def after_decode(self, batch, k: int, result) -> None:
         self.summary.record(len(batch.reqs), k)
         self.round_counts.launched(batch.reqs, k)
+        if self.drafter.num_requants != self.requants_tagged and self.drafter.last_seconds is not None:
+            self.requants_tagged = self.drafter.num_requants
+            spec_round.tag_requant(batch.reqs, self.drafter.last_seconds * 1e3)
         if self.timeline is not None:
             self.timeline.record(len(batch.reqs), k)
         if self.feedback is not None:

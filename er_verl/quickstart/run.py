@@ -8,8 +8,9 @@ Stages (each skipped when its output exists, so a rerun resumes):
 3. GRPO: ``python -m verl.trainer.main_ppo`` once per rollout backend, same seed and data, with verl's
    console and file loggers (the JSONL is what the report reads);
 4. report: a table per backend (mean rollout ``timing_s/gen`` and step ``timing_s/step`` over steps
-   after the first, final reward), the speedup, ``summary.json`` and ``quickstart.png`` (reward
-   curves; rollout time per step).
+   after the first, final reward), the speedup, the speculation metrics verl logged for efficient_sglang,
+   ``summary.json`` and ``quickstart.png`` (reward curves; rollout time per step; the last rollout's
+   timeline: running batch size per decode call and the calls that speculated, from ``ER_VERL_TIMELINE``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 
 ROLLOUTS = ("efficient_sglang", "sglang")
 METRICS = {"gen": "timing_s/gen", "step": "timing_s/step", "reward": "critic/score/mean"}
+SPEC_PREFIXES = ("rollout/er_verl/", "rollout/spec_")  # what the v1-trainer patch logs for efficient_sglang
 
 
 def grpo_overrides(work: str, model: str, data: str, rollout: str, args) -> list[str]:
@@ -62,8 +64,23 @@ def read_metrics(path: str) -> list[dict]:
                 continue  # e.g. a validation-only record
             rows.append({"step": rec["step"], "gen": data.get(METRICS["gen"]), "step_s": data[METRICS["step"]],
                          "reward": data.get(METRICS["reward"]),
-                         "er_verl": {k: v for k, v in data.items() if k.startswith(("er_verl/", "spec"))}})
+                         "er_verl": {k: v for k, v in data.items() if k.startswith(SPEC_PREFIXES)}})
     return rows
+
+
+def last_rollout(path: str, gap_s: float = 2.0) -> list[dict]:
+    """The decode calls of the last rollout in an ``ER_VERL_TIMELINE`` file ({t, bs, k} per call): the run
+    after the last pause longer than ``gap_s`` (training happens between rollouts); t from its start."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        calls = [json.loads(line) for line in f if line.strip()]
+    start = 0
+    for i in range(1, len(calls)):
+        if calls[i]["t"] - calls[i - 1]["t"] > gap_s:
+            start = i
+    tail = calls[start:]
+    return [{**c, "t": c["t"] - tail[0]["t"]} for c in tail]
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
@@ -86,20 +103,29 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def plot(runs: dict[str, list[dict]], png: str) -> None:
+def plot(runs: dict[str, list[dict]], png: str, timelines: dict[str, list[dict]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_t) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_r, ax_t, ax_l) = plt.subplots(1, 3, figsize=(15, 4))
     for name, rows in runs.items():
         ax_r.plot([r["step"] for r in rows], [r["reward"] for r in rows], marker="o", label=name)
         ax_t.plot([r["step"] for r in rows], [r["gen"] for r in rows], marker="o", label=name)
+    for name, calls in (timelines or {}).items():
+        if calls:
+            ax_l.plot([c["t"] for c in calls], [c["bs"] for c in calls], lw=1, label=f"{name}: running batch")
+            spec = [c for c in calls if c["k"] > 0]
+            if spec:
+                ax_l.scatter([c["t"] for c in spec], [c["bs"] for c in spec], s=12, c="red", zorder=3,
+                             label=f"{name}: speculative round ({len(spec)} of {len(calls)} calls)")
     ax_r.set(xlabel="training step", ylabel="mean reward", title="reward")
     ax_t.set(xlabel="training step", ylabel="rollout seconds (timing_s/gen)", title="rollout time")
-    for ax in (ax_r, ax_t):
-        ax.legend(fontsize=8)
+    ax_l.set(xlabel="seconds into the last rollout", ylabel="running batch (decode call)", title="last rollout timeline")
+    for ax in (ax_r, ax_t, ax_l):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
@@ -116,6 +142,14 @@ def print_table(summary: dict, log=print) -> None:
         log(f"efficient_sglang vs sglang: rollout {sp['gen']:.3f}x, step {sp['step']:.3f}x")
 
 
+def print_spec(runs: dict[str, list[dict]], log=print) -> None:
+    """efficient_sglang's speculation metrics per step, as verl logged them (prefix ``rollout/`` dropped)."""
+    for row in runs.get("efficient_sglang", []):
+        if row.get("er_verl"):
+            items = sorted(row["er_verl"].items())
+            log(f"step {row['step']}: " + ", ".join(f"{k.removeprefix('rollout/')}={v:.3g}" for k, v in items))
+
+
 def run_grpo(work: str, model: str, data: str, rollout: str, args) -> str:
     logs = os.path.join(work, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -124,13 +158,21 @@ def run_grpo(work: str, model: str, data: str, rollout: str, args) -> str:
         print(f"[quickstart] {rollout}: reusing {metrics}")
         return metrics
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", *grpo_overrides(work, model, data, rollout, args)]
-    env = dict(os.environ, VERL_FILE_LOGGER_PATH=metrics)
+    timeline = timeline_path(work, rollout)
+    for old in (metrics, timeline):  # a rerun starts both afresh
+        if os.path.exists(old):
+            os.remove(old)
+    env = dict(os.environ, VERL_FILE_LOGGER_PATH=metrics, ER_VERL_TIMELINE=timeline)
     print(f"[quickstart] {rollout}: GRPO {args.steps} steps, log {logs}/{rollout}.log", flush=True)
     with open(os.path.join(logs, f"{rollout}.log"), "w") as out:
         code = subprocess.call(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     if code != 0:
         raise SystemExit(f"[quickstart] verl exited with {code} for rollout {rollout}; see {logs}/{rollout}.log")
     return metrics
+
+
+def timeline_path(work: str, rollout: str) -> str:
+    return os.path.join(work, "logs", f"{rollout}_timeline.jsonl")
 
 
 def build(args) -> tuple[str, str]:
@@ -180,8 +222,11 @@ def main(args) -> int:
     runs = {r: read_metrics(run_grpo(args.work, model, data, r, args)) for r in rollouts}
     summary = summarize(runs)
     print_table(summary)
+    print_spec(runs)
+    timelines = {r: last_rollout(timeline_path(args.work, r)) for r in rollouts}
     with open(os.path.join(args.work, "summary.json"), "w") as f:
-        json.dump({"summary": summary, "runs": runs, "model": model, "data": data}, f, indent=1)
-    plot(runs, os.path.join(args.work, "quickstart.png"))
+        json.dump({"summary": summary, "runs": runs, "model": model, "data": data, "last_rollout": timelines}, f,
+                  indent=1)
+    plot(runs, os.path.join(args.work, "quickstart.png"), timelines)
     print(f"[quickstart] wrote {args.work}/summary.json and {args.work}/quickstart.png")
     return 0

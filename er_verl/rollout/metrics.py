@@ -12,15 +12,18 @@ request without them never speculated: zeros). Acceptance = accepted / drafted, 
 verl's trainer (``compute_spec_decode_metrics``) wants three per-sample ``extra_fields`` and needs all
 of them on every sample of a batch, so a request that never verified reports zeros. ``er_decode_steps``
 (all decode steps, speculative or plain) lets the v1-trainer patch (``patches/verl_0_9_1``) log the
-fraction of steps that speculated.
+fraction of steps that speculated; ``er_k_rounds`` (the request's rounds per draft length) its K histogram;
+``er_requant_ms`` the drafter's requant time, on requests of the first decode batch after a requant.
 """
 
 from typing import Any, Mapping
 
-from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG
+from er_verl.engine.spec_round import DRAFTED_TAG, K_ROUNDS_TAG, REQUANT_TAG, ROUNDS_TAG
 
 VERL_KEYS = ("spec_num_draft_tokens", "spec_num_accepted_tokens", "spec_num_verify_steps")
 DECODE_STEPS = "er_decode_steps"  # ours: decode steps of the request (speculative rounds + plain steps)
+K_ROUNDS = "er_k_rounds"  # ours: [rounds with K=1, K=2, ...] of the request
+REQUANT_MS = "er_requant_ms"  # ours: the drafter requant before this request's first decode step, if it ran then
 _ACCEPTED = ("spec_num_correct_drafts", "spec_accepted_drafts")  # SGLang's accepted drafts (exact) and its alias
 
 
@@ -36,6 +39,11 @@ def spec_extra_fields(meta_info: Mapping[str, Any] | None, speculating: bool) ->
               "spec_num_verify_steps": rounds}
     if meta.get("completion_tokens") is not None:
         fields[DECODE_STEPS] = decode_steps(int(meta["completion_tokens"]), accepted, rounds)
+    by_k = (meta.get(K_ROUNDS_TAG) or [None])[-1]
+    fields[K_ROUNDS] = [int(n) for n in by_k] if isinstance(by_k, (list, tuple)) else []
+    requant = (meta.get(REQUANT_TAG) or [None])[-1]
+    if requant:
+        fields[REQUANT_MS] = float(requant)
     return fields
 
 

@@ -12,12 +12,17 @@ Added metrics, over the batch's non-padding samples (per-sample fields from ``er
   (per-sample accepted / drafted and 1 + accepted / rounds, averaged), the names MTP rollouts log;
 * ``rollout/er_verl/spec_on_fraction`` = Σ rounds / Σ decode steps (speculative rounds among all decode
   steps of the batch's samples);
-* ``rollout/er_verl/mean_draft_len`` = Σ drafted / Σ rounds (mean K of the speculative rounds).
+* ``rollout/er_verl/mean_draft_len`` = Σ drafted / Σ rounds (mean K of the speculative rounds);
+* ``rollout/er_verl/k_hist/k{K}`` = decode steps with draft length K / Σ decode steps, K = 0 (plain steps)
+  to the largest K used (the K histogram, as fractions of the batch's decode steps);
+* ``rollout/er_verl/requant_ms``: the largest drafter requant time the samples carry (the requant after
+  this step's weight sync; absent when no sample was in the first decode batch after it).
 """
 
 import logging
 
 from er_verl.rollout.metrics import DECODE_STEPS as STEPS_KEY
+from er_verl.rollout.metrics import K_ROUNDS, REQUANT_MS
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,24 @@ def spec_metrics(extra_fields: list, keep: list) -> dict:
     steps = sum(int(f.get(STEPS_KEY, 0)) for f in rows)
     out["rollout/er_verl/spec_on_fraction"] = sum(rounds) / steps if steps else 0.0
     out["rollout/er_verl/mean_draft_len"] = sum(drafts) / sum(rounds) if sum(rounds) else 0.0
+    out.update(k_histogram([f.get(K_ROUNDS) or [] for f in rows], steps))
+    requants = [float(f[REQUANT_MS]) for f in rows if f.get(REQUANT_MS)]
+    if requants:
+        out["rollout/er_verl/requant_ms"] = max(requants)
+    return out
+
+
+def k_histogram(k_rounds: list, steps: int) -> dict:
+    """Fractions of ``steps`` decode steps per draft length K from per-sample [rounds at K=1, K=2, ...];
+    K=0 is the rest (plain steps). {} without steps."""
+    if not steps:
+        return {}
+    by_k = [0] * max((len(r) for r in k_rounds), default=0)
+    for rounds in k_rounds:
+        for i, n in enumerate(rounds):
+            by_k[i] += int(n)
+    out = {"rollout/er_verl/k_hist/k0": (steps - sum(by_k)) / steps}
+    out.update({f"rollout/er_verl/k_hist/k{i + 1}": n / steps for i, n in enumerate(by_k)})
     return out
 
 

@@ -54,7 +54,7 @@ def test_timeline_appends_json_lines_in_batches(tmp_path):
 
     path = tmp_path / "t.jsonl"
     clock = iter(range(10))
-    tl = Timeline(str(path), flush_every=2, flush_s=100.0, clock=lambda: float(next(clock)))
+    tl = Timeline(str(path), flush_every=2, flush_s=100.0, clock=lambda: float(next(clock)), idle_flush_s=None)
     tl.record(8, 0)
     assert not path.exists()
     tl.record(4, 3)
@@ -63,6 +63,22 @@ def test_timeline_appends_json_lines_in_batches(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"t": 0.0, "bs": 8, "k": 0}, {"t": 1.0, "bs": 4, "k": 3}, {"t": 2.0, "bs": 2, "k": 5}]
     assert timeline_from_env({}) is None and timeline_from_env({"ER_VERL_TIMELINE": str(path)}).path == str(path)
+
+
+def test_timeline_flushes_the_calls_before_a_pause_without_a_later_call(tmp_path):
+    """A rollout's last decode calls reach the file while the scheduler idles (verl trains between rollouts)."""
+    import time
+
+    from er_verl.engine.profile import Timeline
+
+    path = tmp_path / "t.jsonl"
+    tl = Timeline(str(path), flush_every=1000, flush_s=1000.0, idle_flush_s=0.05)
+    tl.record(3, 0)
+    tl.record(1, 4)
+    deadline = time.time() + 10
+    while time.time() < deadline and not (path.exists() and len(path.read_text().splitlines()) == 2):
+        time.sleep(0.02)
+    assert [line.split('"bs": ')[1] for line in path.read_text().splitlines()] == ["3, \"k\": 0}", "1, \"k\": 4}"]
 
 
 def test_torch_windows_profile_each_k_and_bs_once_after_skipping():

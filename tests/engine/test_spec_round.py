@@ -368,7 +368,7 @@ def test_every_request_of_a_batch_carries_the_tag_keys_sglang_streams():
     verl rollout on the H200; after ensure_tags every key's list has one entry per request."""
     from types import SimpleNamespace
 
-    from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG, ensure_tags, tag_round_counts
+    from er_verl.engine.spec_round import DRAFTED_TAG, REQUANT_TAG, TAG_KEYS, ensure_tags, tag_requant, tag_round_counts
 
     def stream(reqs):  # output_streamer: per key, one slice per request that has the key
         out = {}
@@ -382,11 +382,13 @@ def test_every_request_of_a_batch_carries_the_tag_keys_sglang_streams():
 
     reqs = [req(5), req(3), req(7, {"other": [0] * 7})]
     tag_round_counts(reqs[:1], k=2)  # only the first speculated (the others finished or were K=0)
-    with pytest.raises(IndexError):
-        [stream(reqs)[DRAFTED_TAG][i] for i in range(len(reqs))]  # what the tokenizer manager does
+    tag_requant(reqs[1:2], 40.0)  # only the second was in the first decode batch after a requant
+    for key in (DRAFTED_TAG, REQUANT_TAG):
+        with pytest.raises(IndexError):
+            [stream(reqs)[key][i] for i in range(len(reqs))]  # what the tokenizer manager does
     ensure_tags(reqs)
     out = stream(reqs)
-    assert all(len(out[key]) == len(reqs) for key in (DRAFTED_TAG, ROUNDS_TAG))
+    assert len(TAG_KEYS) == 4 and all(len(out[key]) == len(reqs) for key in TAG_KEYS)
     assert out[DRAFTED_TAG][1] == [] and reqs[0].er_verl_drafted == 2
     assert reqs[2].customized_info["other"] == [0] * 7  # other keys untouched
     before = dict(reqs[0].customized_info)

@@ -94,8 +94,9 @@ def test_report_reads_verls_file_logger_and_compares_backends(tmp_path):
         path = tmp_path / f"{name}.jsonl"
         with open(path, "w") as f:
             for step, gen in enumerate(gens, 1):
+                spec = {"rollout/er_verl/spec_on_fraction": 0.25, "rollout/spec_accept_rate": 0.5} if name != "sglang" else {}
                 f.write(json.dumps({"step": step, "data": {"timing_s/gen": gen, "timing_s/step": gen + 10,
-                                                            "critic/score/mean": 0.1 * step}}) + "\n")
+                                                            "critic/score/mean": 0.1 * step, **spec}}) + "\n")
             f.write(json.dumps({"step": len(gens), "data": {"val/score": 1}}) + "\n")
         return run.read_metrics(str(path))
 
@@ -106,8 +107,24 @@ def test_report_reads_verls_file_logger_and_compares_backends(tmp_path):
     lines = []
     run.print_table(summary, log=lines.append)
     assert "rollout 1.500x" in lines[-1]
-    run.plot(runs, str(tmp_path / "q.png"))
+    assert runs["efficient_sglang"][0]["er_verl"] == {"rollout/er_verl/spec_on_fraction": 0.25,
+                                                      "rollout/spec_accept_rate": 0.5}
+    assert runs["sglang"][0]["er_verl"] == {}
+    lines = []
+    run.print_spec(runs, log=lines.append)
+    assert lines[0] == "step 1: er_verl/spec_on_fraction=0.25, spec_accept_rate=0.5" and len(lines) == 3
+    run.plot(runs, str(tmp_path / "q.png"), {"efficient_sglang": [{"t": 0.0, "bs": 8, "k": 0}, {"t": 0.1, "bs": 4, "k": 2}]})
     assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_last_rollout_is_the_run_of_decode_calls_after_the_last_pause(tmp_path):
+    path = tmp_path / "timeline.jsonl"
+    calls = [(100.0, 512, 0), (100.1, 300, 0), (130.0, 512, 0), (130.2, 8, 0), (130.3, 4, 3)]  # two rollouts
+    path.write_text("".join(json.dumps({"t": t, "bs": b, "k": k}) + "\n" for t, b, k in calls))
+    last = run.last_rollout(str(path))
+    assert [c["bs"] for c in last] == [512, 8, 4] and last[0]["t"] == 0.0
+    assert last[-1]["t"] == pytest.approx(0.3) and last[-1]["k"] == 3
+    assert run.last_rollout(str(tmp_path / "missing.jsonl")) == []
 
 
 def test_bad_arguments_stop_with_a_sentence(tmp_path):

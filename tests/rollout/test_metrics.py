@@ -1,7 +1,8 @@
 from types import SimpleNamespace
 
-from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG, RoundCounts, tag_round_counts
-from er_verl.rollout.metrics import VERL_KEYS, spec_extra_fields
+from er_verl.engine.spec_round import (DRAFTED_TAG, K_ROUNDS_TAG, REQUANT_TAG, ROUNDS_TAG, RoundCounts, ensure_tags,
+                                       tag_requant, tag_round_counts)
+from er_verl.rollout.metrics import K_ROUNDS, REQUANT_MS, VERL_KEYS, spec_extra_fields
 
 
 def test_drafts_and_rounds_come_from_the_worker_tags_and_accepted_from_sglang():
@@ -9,17 +10,18 @@ def test_drafts_and_rounds_come_from_the_worker_tags_and_accepted_from_sglang():
     meta = {"spec_verify_ct": 10, "spec_num_correct_drafts": 7, "spec_num_proposed_drafts": 40,
             DRAFTED_TAG: [3, 3, 3, 5, 5], ROUNDS_TAG: [1, 1, 1, 2, 2]}
     assert spec_extra_fields(meta, True) == {
-        "spec_num_draft_tokens": 5, "spec_num_accepted_tokens": 7, "spec_num_verify_steps": 2,
+        "spec_num_draft_tokens": 5, "spec_num_accepted_tokens": 7, "spec_num_verify_steps": 2, K_ROUNDS: [],
     }
     assert spec_extra_fields({"spec_accepted_drafts": 3, DRAFTED_TAG: [4], ROUNDS_TAG: [1]}, True)[
         "spec_num_accepted_tokens"] == 3
 
 
 def test_request_that_never_speculated_reports_zeros_so_the_batch_stays_complete():
-    assert spec_extra_fields({}, True) == dict.fromkeys(VERL_KEYS, 0)
-    assert spec_extra_fields(None, True) == dict.fromkeys(VERL_KEYS, 0)
+    zeros = {**dict.fromkeys(VERL_KEYS, 0), K_ROUNDS: []}
+    assert spec_extra_fields({}, True) == zeros
+    assert spec_extra_fields(None, True) == zeros
     only_k0 = {"spec_verify_ct": 12, "spec_num_correct_drafts": 0, "spec_num_proposed_drafts": 48}
-    assert spec_extra_fields(only_k0, True) == dict.fromkeys(VERL_KEYS, 0)
+    assert spec_extra_fields(only_k0, True) == zeros
 
 
 def test_not_speculating_reports_nothing():
@@ -38,9 +40,12 @@ def test_round_tags_carry_running_totals_to_the_last_token():
     drafted, rounds = req.customized_info[DRAFTED_TAG], req.customized_info[ROUNDS_TAG]
     streamed = slice(0, len(req.output_ids))  # SGLang streams tags[offset:len(output_ids)]
     assert drafted[streamed] == [0, 3, 3, 3, 3, 5, 5, 5] and rounds[streamed] == [0, 1, 1, 1, 1, 2, 2, 2]
-    meta = {DRAFTED_TAG: drafted[streamed], ROUNDS_TAG: rounds[streamed], "spec_num_correct_drafts": 3}
+    by_k = req.customized_info[K_ROUNDS_TAG][streamed]
+    assert by_k[0] == 0 and by_k[1:5] == [[0, 0, 1]] * 4 and by_k[5:] == [[0, 1, 1]] * 3  # rounds of K=1, 2, 3
+    meta = {DRAFTED_TAG: drafted[streamed], ROUNDS_TAG: rounds[streamed], K_ROUNDS_TAG: by_k,
+            "spec_num_correct_drafts": 3}
     assert spec_extra_fields(meta, True) == {
-        "spec_num_draft_tokens": 5, "spec_num_accepted_tokens": 3, "spec_num_verify_steps": 2,
+        "spec_num_draft_tokens": 5, "spec_num_accepted_tokens": 3, "spec_num_verify_steps": 2, K_ROUNDS: [0, 1, 1],
     }
 
 
@@ -101,3 +106,14 @@ def test_round_counts_drop_stale_launches_when_a_result_matches_none():
     assert (a.er_verl_drafted, a.er_verl_spec_rounds) == (2, 1) and not hasattr(b, "er_verl_drafted")
     counts.processed(5)  # nothing pending matches: a no-op, not an error
     assert not counts.pending
+
+
+def test_requant_time_reaches_the_requests_of_the_batch_it_preceded():
+    """The worker tags the first decode batch after a requant; a request of a later batch has the key
+    (ensure_tags) but no value, and reports no requant time."""
+    first, later = _req(), _req()
+    ensure_tags([first, later])
+    tag_requant([first], 41.5)
+    first.output_ids += [2, 3]
+    assert spec_extra_fields({REQUANT_TAG: first.customized_info[REQUANT_TAG]}, True)[REQUANT_MS] == 41.5
+    assert REQUANT_MS not in spec_extra_fields({REQUANT_TAG: later.customized_info[REQUANT_TAG]}, True)

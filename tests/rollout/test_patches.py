@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from er_verl.rollout import patches
-from er_verl.rollout.metrics import DECODE_STEPS, decode_steps, spec_extra_fields
+from er_verl.rollout.metrics import DECODE_STEPS, K_ROUNDS, REQUANT_MS, decode_steps, spec_extra_fields
 from er_verl.engine.spec_round import DRAFTED_TAG, ROUNDS_TAG
 
 
@@ -66,8 +66,27 @@ def test_spec_metrics_aggregate_non_padding_samples():
     assert out["rollout/spec_accept_length"] == pytest.approx((1 + 6 / 4 + 0.0) / 2)
     assert out["rollout/er_verl/spec_on_fraction"] == pytest.approx(4 / ((31 - 1 - 6) + 19))
     assert out["rollout/er_verl/mean_draft_len"] == pytest.approx(3.0)
+    assert out["rollout/er_verl/k_hist/k0"] == 1.0  # no K-rounds lists given: every step counts as plain
     assert mod.spec_metrics(rows[:1] + [{"other": 1}], [True, True]) == {}  # a sample without the fields
     assert mod.spec_metrics([], []) == {}
+
+
+def test_k_histogram_and_requant_time():
+    """Sample 1: 24 decode steps, of them rounds K=1 x1 and K=3 x3; sample 2: 19 steps, K=2 x2; the requant
+    time is the largest carried (only samples of the first decode batch after it carry one)."""
+    mod = _patch_module()
+    rows = [_fields(10, 6, 4, 31), _fields(4, 0, 2, 20), _fields(99, 99, 1, 5)]  # the last one is padding
+    rows[0].update({K_ROUNDS: [1, 0, 3], REQUANT_MS: 40.0})
+    rows[1].update({K_ROUNDS: [0, 2], REQUANT_MS: 42.5})
+    rows[2].update({K_ROUNDS: [0, 0, 0, 0, 9], REQUANT_MS: 99.0})
+    out = mod.spec_metrics(rows, [True, True, False])
+    steps = 24 + 19
+    hist = {k: v for k, v in out.items() if "/k_hist/" in k}
+    assert hist == pytest.approx({"rollout/er_verl/k_hist/k0": (steps - 6) / steps, "rollout/er_verl/k_hist/k1": 1 / steps,
+                                  "rollout/er_verl/k_hist/k2": 2 / steps, "rollout/er_verl/k_hist/k3": 3 / steps})
+    assert out["rollout/er_verl/requant_ms"] == 42.5
+    rows[1].pop(REQUANT_MS), rows[0].pop(REQUANT_MS)
+    assert "rollout/er_verl/requant_ms" not in mod.spec_metrics(rows, [True, True, False])
 
 
 def test_decode_steps_never_fall_below_the_rounds():
