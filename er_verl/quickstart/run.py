@@ -115,7 +115,7 @@ def plot(runs: dict[str, list[dict]], png: str, timelines: dict[str, list[dict]]
         ax_t.plot([r["step"] for r in rows], [r["gen"] for r in rows], marker="o", label=name)
     for name, calls in (timelines or {}).items():
         if calls:
-            ax_l.plot([c["t"] for c in calls], [c["bs"] for c in calls], lw=1, label=f"{name}: running batch")
+            ax_l.plot([c["t"] for c in calls], [c["bs"] for c in calls], ".", ms=3, label=f"{name}: running batch")
             spec = [c for c in calls if c["k"] > 0]
             if spec:
                 ax_l.scatter([c["t"] for c in spec], [c["bs"] for c in spec], s=12, c="red", zorder=3,
