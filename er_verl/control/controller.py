@@ -10,7 +10,12 @@ It joins the pieces of this package (no sglang, no torch):
 * the cost model (``cost_model.CostModel``) starts from a roofline prior or a saved calibration and is
   refitted online from the step times the engine measures (``observe_step``);
 * verify results update the group posteriors (``observe_round``), and a weight sync discounts them
-  (``on_weight_sync``): the policy moved, old acceptance is weaker evidence.
+  (``on_weight_sync``): the policy moved, old acceptance is weaker evidence;
+* measure before speculating: while speculation is on no plain step is measured, so a wrong plain-step
+  prediction would never be corrected. When the gate says on at a batch size whose power-of-two bucket
+  holds fewer than ``cost_model.MIN_LOCAL`` measured plain steps, the batch runs plain instead (a probe);
+  the cost model then predicts plain steps there from that bucket's measurements (its local correction).
+  At most ``MIN_LOCAL`` probes per bucket while the measurements stay in the cost model's window.
 
 Modes (``EfficientConfig.gate``): ``auto`` as above, ``always`` speculates at every batch size (K
 from the bandit, or the best predicted K), ``never`` always answers 0.
@@ -23,7 +28,7 @@ from typing import Hashable, Sequence
 import numpy as np
 
 from er_verl.control.bandit import ThompsonBandit, arms_up_to
-from er_verl.control.cost_model import CostModel, Hardware, ModelShape, StepKind
+from er_verl.control.cost_model import MIN_LOCAL, CostModel, Hardware, ModelShape, StepKind
 from er_verl.control.gate import Gate, speedups
 
 MODES = ("auto", "always", "never")
@@ -38,7 +43,7 @@ class Controller:
         self.gate = Gate(cost, max_k=max_k, margin=margin, hysteresis=min(0.03, margin))
         self.bandit = ThompsonBandit(arms_up_to(max_k), cost, np.random.default_rng(seed),
                                      sync_discount=sync_discount)
-        self.decisions = {"on": 0, "off": 0}
+        self.decisions = {"on": 0, "off": 0, "probe": 0}
 
     @classmethod
     def from_config(cls, cfg, shape: ModelShape, hw: Hardware = Hardware()) -> "Controller":
@@ -55,6 +60,9 @@ class Controller:
         alphas = self.bandit.posterior_means(groups)
         if self.mode == "auto":
             decision = self.gate.decide(len(groups), alphas)
+            if decision.speculate and self.cost.bucket_samples(StepKind.TARGET, len(groups)) < MIN_LOCAL:
+                self.decisions["probe"] += 1  # measure a plain step here first
+                return 0
             self.decisions["on" if decision.speculate else "off"] += 1
             if not decision.speculate:
                 return 0

@@ -17,6 +17,11 @@ small ridge term pulls each parameter toward the prior, so columns the data cann
 batches below the knee, or per_token_s for decode steps where n = B) keep their prior values.
 With no samples the model is the prior; one sample moves it only a little.
 
+Local correction: a global fit can be biased at batch sizes it saw little of (e.g. fitted on slow eager
+steps above the CUDA-graph sizes, it overstates a plain step further down). So each prediction is
+multiplied by the median measured/fitted ratio of its kind's samples in the same power-of-two batch bucket
+(B in [2^j, 2^(j+1))), once that bucket holds ``MIN_LOCAL`` samples: t(B, n) = fit(B, n) · r_bucket(B).
+
 Step kinds and their token counts: TARGET (plain decode, n = B), DRAFT (one drafter decode step,
 n = B, weight bytes ρ·W), VERIFY (the target over K + 1 positions per request, n = Σ(K_i + 1)).
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -33,7 +38,14 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = ["StepKind", "StepParams", "Hardware", "ModelShape", "roofline_prior",
-           "fit_step_params", "CostModel"]
+           "fit_step_params", "CostModel", "bucket_of", "MIN_LOCAL"]
+
+MIN_LOCAL = 8  # samples a batch-size bucket needs before its measured/fitted ratio corrects predictions
+
+
+def bucket_of(batch_size: float) -> int:
+    """Power-of-two batch bucket j of B (B in [2^j, 2^(j+1)))."""
+    return max(int(batch_size), 1).bit_length() - 1
 
 
 class StepKind(str, enum.Enum):
@@ -147,6 +159,17 @@ def fit_step_params(batch_sizes: Sequence[float], num_tokens: Sequence[float],
     return StepParams(*linear.tolist(), knee_tokens=float(best))
 
 
+def _local_ratios(fitted: StepParams, batch_sizes, num_tokens, seconds) -> dict[int, float]:
+    """{bucket: median of measured / fitted} over the buckets with at least ``MIN_LOCAL`` samples."""
+    if not batch_sizes:
+        return {}
+    b = np.asarray(batch_sizes, dtype=np.float64)
+    ratio = np.asarray(seconds, dtype=np.float64) / fitted.predict(b, np.asarray(num_tokens, dtype=np.float64))
+    buckets = np.array([bucket_of(x) for x in b])
+    return {int(j): float(np.median(ratio[buckets == j])) for j in np.unique(buckets)
+            if np.sum(buckets == j) >= MIN_LOCAL}
+
+
 def _scaled(p: StepParams, factor: float) -> StepParams:
     """Every time term of ``p`` times ``factor`` (the knee, a token count, unchanged)."""
     return StepParams(p.fixed_s * factor, p.per_seq_s * factor, p.per_token_s * factor,
@@ -173,6 +196,8 @@ class CostModel:
         self._fitted = dict(self.prior)
         self._samples = {k: deque(maxlen=window) for k in StepKind}
         self._pending = {k: 0 for k in StepKind}
+        self._counts = {k: Counter() for k in StepKind}  # samples per batch bucket, in the window
+        self._local: dict[StepKind, dict[int, float]] = {k: {} for k in StepKind}  # bucket -> measured/fitted
         self._target_scale = 1.0  # measured / prior TARGET time, updated at each TARGET refit
         self.refit_every, self.prior_weight = refit_every, prior_weight
 
@@ -187,11 +212,21 @@ class CostModel:
             raise ValueError(f"batch_size must be >= 1, k >= 0 and seconds > 0, got "
                              f"{batch_size}, {k}, {seconds}.")
         tokens = batch_size * (k + 1) if kind is StepKind.VERIFY else batch_size
-        self._samples[kind].append((float(batch_size), float(tokens), float(seconds)))
+        samples, counts = self._samples[kind], self._counts[kind]
+        if len(samples) == samples.maxlen:
+            counts[bucket_of(samples[0][0])] -= 1  # evicted by the append below
+        samples.append((float(batch_size), float(tokens), float(seconds)))
+        counts[bucket_of(batch_size)] += 1
         self._pending[kind] += 1
+        if counts[bucket_of(batch_size)] == MIN_LOCAL:
+            self._pending[kind] = max(self._pending[kind], self.refit_every)  # its bucket can correct now
 
     def num_samples(self, kind: StepKind | str) -> int:
         return len(self._samples[StepKind(kind)])
+
+    def bucket_samples(self, kind: StepKind | str, batch_size: int) -> int:
+        """Stored samples of ``kind`` in ``batch_size``'s power-of-two bucket."""
+        return self._counts[StepKind(kind)][bucket_of(batch_size)]
 
     def fit(self, kind: StepKind | str | None = None) -> None:
         """Refit one kind (or all) from its stored samples now."""
@@ -204,6 +239,7 @@ class CostModel:
             if k is StepKind.TARGET and cols[0]:
                 b = float(np.mean(cols[0]))
                 self._target_scale = self._fitted[k].predict(b, b) / self.prior[k].predict(b, b)
+            self._local[k] = _local_ratios(self._fitted[k], *cols)
 
     def params(self, kind: StepKind | str) -> StepParams:
         """Fitted parameters of ``kind``; a kind with no samples yet borrows TARGET's calibration
@@ -223,17 +259,24 @@ class CostModel:
         self.params(StepKind.TARGET)  # refits TARGET (and its scale) if samples are pending
         return self._target_scale
 
+    def predict(self, kind: StepKind | str, batch_size: int, num_tokens: int) -> float:
+        """Seconds for one ``kind`` step: the fit times its bucket's measured/fitted ratio (1 while the
+        bucket has fewer than ``MIN_LOCAL`` samples)."""
+        kind = StepKind(kind)
+        t = self.params(kind).predict(batch_size, num_tokens)
+        return t * self._local[kind].get(bucket_of(batch_size), 1.0)
+
     def t_ar(self, batch_size: int) -> float:
         """Seconds for one plain target decode step at batch B."""
-        return self.params(StepKind.TARGET).predict(batch_size, batch_size)
+        return self.predict(StepKind.TARGET, batch_size, batch_size)
 
     def t_draft(self, batch_size: int) -> float:
         """Seconds for one drafter decode step at batch B."""
-        return self.params(StepKind.DRAFT).predict(batch_size, batch_size)
+        return self.predict(StepKind.DRAFT, batch_size, batch_size)
 
     def t_verify(self, batch_size: int, k: int) -> float:
         """Seconds for one verify pass over B·(K + 1) tokens."""
-        return self.params(StepKind.VERIFY).predict(batch_size, batch_size * (k + 1))
+        return self.predict(StepKind.VERIFY, batch_size, batch_size * (k + 1))
 
     def round_seconds(self, ks: Sequence[int]) -> float:
         """One round for a batch with per-request draft lengths K_i (ragged verify):
@@ -248,7 +291,7 @@ class CostModel:
         if not ks.any():
             return self.t_ar(ks.size)
         drafts = sum(self.t_draft(int(np.sum(ks >= j))) for j in range(1, int(ks.max()) + 1))
-        return drafts + self.params(StepKind.VERIFY).predict(ks.size, int(np.sum(ks + 1)))
+        return drafts + self.predict(StepKind.VERIFY, ks.size, int(np.sum(ks + 1)))
 
     def to_dict(self) -> dict:
         return {"format": "er_verl.cost_model/1",

@@ -5,7 +5,7 @@ import pytest
 
 from er_verl.config import EfficientConfig
 from er_verl.control.controller import Controller
-from er_verl.control.cost_model import CostModel, ModelShape, StepKind
+from er_verl.control.cost_model import MIN_LOCAL, CostModel, ModelShape, StepKind
 
 
 def cost_8b():
@@ -34,12 +34,56 @@ def test_modes_and_empty_batches():
         Controller(4, cost_8b(), mode="sometimes")
 
 
+def measured_plain(controller, batch_size: int, factor: float = 1.0, n: int = MIN_LOCAL):
+    """The engine's plain steps at ``batch_size``, each ``factor`` x what the cost model predicts now."""
+    t = controller.cost.t_ar(batch_size) * factor
+    for _ in range(n):
+        controller.observe_step(StepKind.TARGET, batch_size, t)
+
+
 def test_gate_is_on_for_a_small_batch_of_predictable_groups_and_off_for_a_big_one():
     c = Controller(5, cost_8b(), bandit=False)
     learned(c, {"easy": 0.95}, rounds=50, rng=np.random.default_rng(0))
+    measured_plain(c, 2)
     assert c.choose(["easy"] * 2) >= 2
     assert c.choose(["easy"] * 4096) == 0
     assert c.decisions["on"] >= 1 and c.decisions["off"] >= 1
+
+
+def test_the_gate_measures_plain_steps_at_a_batch_size_before_speculating_there():
+    """No plain step measured in bs 2's bucket yet: the gate's yes becomes MIN_LOCAL plain probes first."""
+    c = Controller(5, cost_8b(), bandit=False)
+    learned(c, {"easy": 0.95}, rounds=50, rng=np.random.default_rng(0))  # (batches of 4: another bucket)
+    c.decisions["probe"] = 0
+    picks = []
+    for _ in range(MIN_LOCAL + 2):
+        picks.append(c.choose(["easy"] * 2))
+        if picks[-1] == 0:
+            measured_plain(c, 2, n=1)
+    assert picks[:MIN_LOCAL] == [0] * MIN_LOCAL and min(picks[MIN_LOCAL:]) >= 2
+    assert c.decisions["probe"] == MIN_LOCAL
+    measured_plain(c, 3, n=1)  # bs 3 shares bs 2's bucket [2, 4): no probe there
+    assert c.choose(["easy"] * 3) >= 2
+
+
+def test_a_plain_step_overestimated_by_the_fit_is_corrected_where_it_is_measured():
+    """Run 3 of issue 5: fitted on slow eager plain steps at bs 256-511, the model overstated plain steps at
+    bs ~100 and the gate, once on, never measured one there. Probes measure them; speculation stays off if
+    plain is really fast there, and turns on if plain really is as slow as predicted."""
+    for factor, expect_on in ((0.3, False), (1.0, True)):
+        c = Controller(4, cost_8b(), bandit=False)
+        for _ in range(64):
+            for bs in (300, 400, 500):
+                c.observe_step(StepKind.TARGET, bs, 0.080)  # slow (eager) steps, 3-4x a graph step
+        learned(c, {"easy": 0.9}, rounds=50, rng=np.random.default_rng(4))
+        c.decisions["probe"] = 0
+        biased = c.cost.t_ar(100)
+        for _ in range(MIN_LOCAL):
+            assert c.choose(["easy"] * 100) == 0
+            c.observe_step(StepKind.TARGET, 100, biased * factor)
+        assert c.decisions["probe"] == MIN_LOCAL  # the gate wanted to speculate at bs 100 each time
+        assert c.cost.t_ar(100) == pytest.approx(biased * factor, rel=0.02)
+        assert (c.choose(["easy"] * 100) > 0) is expect_on
 
 
 def test_unpredictable_groups_keep_speculation_off_even_when_small():
@@ -85,5 +129,5 @@ def test_from_config_uses_a_saved_calibration_when_given(tmp_path):
     path = tmp_path / "cal.json"
     cost.save(path)
     c = Controller.from_config(EfficientConfig(calibration_path=str(path), max_draft_len=3), ModelShape(8e9))
-    assert c.max_k == 3 and c.cost.t_ar(1) == pytest.approx(cost.t_ar(1))
+    assert c.max_k == 3 and c.cost.t_ar(1) == pytest.approx(cost.params(StepKind.TARGET).predict(1, 1))
     assert Controller.from_config(EfficientConfig(), ModelShape(8e9)).cost.t_ar(1) < 0.05

@@ -149,3 +149,29 @@ def test_unmeasured_kinds_borrow_the_measured_target_scale():
     assert model.t_verify(64, 2) == pytest.approx(10 * model.prior[StepKind.VERIFY].predict(64, 192), rel=0.05)
     model.observe("draft", 64, 1e-3)  # once a kind has its own samples, it stops borrowing
     assert model.t_draft(64) == pytest.approx(1e-3, rel=0.5)
+
+
+def test_a_bucket_corrects_its_predictions_once_it_holds_enough_samples():
+    """The local correction: bucket [64, 128) measured at half the fit's prediction; below MIN_LOCAL samples
+    the prediction is the fit's; at MIN_LOCAL it follows the measurements; other buckets keep the fit.
+    Evicted samples leave their bucket's count."""
+    from er_verl.control.cost_model import MIN_LOCAL, bucket_of
+
+    assert [bucket_of(b) for b in (1, 2, 3, 4, 127, 128)] == [0, 1, 1, 2, 6, 7]
+    cost = CostModel.from_roofline(ModelShape(num_params=8e9), window=8 * MIN_LOCAL)
+    fit_8 = cost.t_ar(8)
+    prior = CostModel.from_roofline(ModelShape(num_params=8e9))
+    true = lambda b: 0.5 * prior.t_ar(b)  # noqa: E731 - the GPU's real plain step: half the prior's
+    for _ in range(3 * MIN_LOCAL):
+        cost.observe(StepKind.TARGET, 400, 4 * true(400))  # slow steps at bs 400 (eager, above the graphs)
+    for i in range(MIN_LOCAL):
+        assert cost.t_ar(100) == pytest.approx(cost.params(StepKind.TARGET).predict(100, 100))  # the fit alone
+        cost.observe(StepKind.TARGET, 90 + i, true(90 + i))
+    assert cost.bucket_samples(StepKind.TARGET, 100) == MIN_LOCAL
+    assert cost.params(StepKind.TARGET).predict(100, 100) > 1.1 * true(100)  # the global fit is still off
+    assert cost.t_ar(100) == pytest.approx(true(100), rel=0.08)  # its own bucket corrects it (ratio at bs 90-97)
+    assert cost.t_ar(8) == pytest.approx(cost.params(StepKind.TARGET).predict(8, 8))  # no samples at bs 8-15
+    for _ in range(8 * MIN_LOCAL):  # the window is full of bs-8 samples now
+        cost.observe(StepKind.TARGET, 8, fit_8)
+    assert cost.bucket_samples(StepKind.TARGET, 100) == 0 and cost.bucket_samples(StepKind.TARGET, 8) == 8 * MIN_LOCAL
+    assert cost.t_ar(100) == pytest.approx(cost.params(StepKind.TARGET).predict(100, 100))
