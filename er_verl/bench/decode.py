@@ -23,13 +23,14 @@ import platform
 import sys
 import time
 
+from er_verl.engine.server_args import spec_graph_bs_cap
+
 ENGINES = ("plain", "stock", "ours")
 GRAPH_BS = 256
-# SGLang pins FlashInfer's workspace to 512 MB for Qwen2/Qwen3 (flashinfer_backend.py), whatever
-# SGLANG_FLASHINFER_WORKSPACE_SIZE says; a (K+1)-token verify graph at bs 256, K=5 needs 635 MB (seen on
-# the H200). Speculative engines capture graphs up to this bs; larger batches verify eagerly. Every
-# engine captures graphs only for the benchmarked batch sizes (a boot captures one pass per K state).
-SPEC_GRAPH_BS = 128
+# Speculative engines capture decode graphs only up to ``server_args.spec_graph_bs_cap(K)`` (FlashInfer's
+# workspace is pinned to 512 MB for Qwen2/Qwen3; a 6-token verify graph at bs 256 overflowed it on the H200);
+# larger batches verify eagerly. Every engine captures graphs only for the benchmarked batch sizes (a boot
+# captures one pass per K state).
 
 
 @contextlib.contextmanager
@@ -86,7 +87,7 @@ def engine_launch(kind: str, args, model_path: str):
             speculative_draft_model_quantization="fp8", speculative_num_steps=args.stock_k,
             speculative_eagle_topk=1, speculative_num_draft_tokens=args.stock_k + 1,
             max_running_requests=min(args.stock_max_bs, max(args.bs)),
-            cuda_graph_bs_decode=[b for b in sorted(args.bs) if b <= SPEC_GRAPH_BS],
+            cuda_graph_bs_decode=[b for b in sorted(args.bs) if b <= spec_graph_bs_cap(args.stock_k)],
         )
         return {**common, **stock}, {**off, "SGLANG_SIMULATE_ACC_LEN": f"{acc:.4f}",
                                      "SGLANG_FLASHINFER_WORKSPACE_SIZE": str(2 << 30)}
@@ -94,7 +95,7 @@ def engine_launch(kind: str, args, model_path: str):
     from er_verl.engine.server_args import self_draft_env, self_draft_server_args
 
     ours = self_draft_server_args(EfficientConfig(max_draft_len=kmax), model_path, max(args.bs))
-    ours["cuda_graph_bs_decode"] = [b for b in sorted(args.bs) if b <= SPEC_GRAPH_BS]
+    ours["cuda_graph_bs_decode"] = [b for b in sorted(args.bs) if b <= spec_graph_bs_cap(kmax)]
     default_alpha = args.alpha[0] if args.alpha else 1.0
     return {**common, **ours}, {**off, "ER_VERL_ENGINE": "1", "ER_VERL_FORCE_ACCEPT": str(default_alpha),
                                 **self_draft_env(0)}

@@ -244,16 +244,20 @@ class DecodeSummary:
         mean batch 61.3, accepted 0.41 of drafted tokens (1.82 tokens per request-round)
 
     Acceptance comes from the controller feedback (``note_round``), read lagged, so it never waits on
-    the GPU; without a controller it is left out."""
+    the GPU; without a controller it is left out. ``probes`` (the controller's running count of plain
+    steps it ran to measure a batch size before speculating there) adds ", N probes" when N > 0."""
 
-    def __init__(self, out=None):
+    def __init__(self, out=None, probes=None):
         self.out = out or (lambda text: print(text, flush=True))
+        self.probes = probes
+        self.probes_before = 0
         self.reset()
 
     def reset(self) -> None:
         self.k_counts: dict[int, int] = defaultdict(int)
         self.requests = 0
         self.drafted = self.accepted = self.request_rounds = 0
+        self.probes_before = self.probes() if self.probes else 0
 
     def record(self, batch_size: int, k: int) -> None:
         self.k_counts[k] += 1
@@ -272,6 +276,9 @@ class DecodeSummary:
         if self.drafted:
             text += (f", accepted {self.accepted / self.drafted:.2f} of drafted tokens "
                      f"({1 + self.accepted / self.request_rounds:.2f} tokens per request-round)")
+        probes = self.probes() - self.probes_before if self.probes else 0
+        if probes:
+            text += f", {probes} probes"
         return text
 
     def report(self, *_args) -> None:

@@ -157,6 +157,11 @@ PLAIN_GRAPH_MAX_BS = 256
 USER_GRAPH_KEYS = ("cuda_graph_max_bs_decode", "cuda_graph_bs_decode", "cuda_graph_config")
 
 
+def spec_graph_bs_cap(kmax: int) -> int:
+    """Largest decode batch whose (Kmax+1)-token verify graph stays within SPEC_GRAPH_TOKENS (128 at Kmax 5)."""
+    return max(1, SPEC_GRAPH_TOKENS // (kmax + 1))
+
+
 def graph_sizes(kmax: int, max_running_requests: Optional[int], user: dict) -> tuple[dict[str, Any], dict[str, str]]:
     """(ServerArgs kwargs, environment) for a self-draft server's decode graphs, given the user's
     ``engine_kwargs.sglang``. The drafter / verify graphs reach bs ⌊SPEC_GRAPH_TOKENS/(Kmax+1)⌋ (128 at Kmax 5);
@@ -170,5 +175,5 @@ def graph_sizes(kmax: int, max_running_requests: Optional[int], user: dict) -> t
         raise ValueError(f"engine_kwargs.sglang.cuda_graph_max_bs_decode={plain!r}: expected a batch size >= 1")
     if max_running_requests:
         plain = min(plain, int(max_running_requests))
-    spec = max(1, min(plain, SPEC_GRAPH_TOKENS // (kmax + 1)))
+    spec = min(plain, spec_graph_bs_cap(kmax))
     return {"cuda_graph_max_bs_decode": spec}, {"ER_VERL_PLAIN_GRAPH_MAX_BS": str(plain)}

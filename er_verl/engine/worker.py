@@ -194,6 +194,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.feedback = self._controller_feedback()
         if self.feedback is not None:
             self.feedback.on_round = self.summary.note_round
+            self.summary.probes = lambda: self.feedback.controller.decisions["probe"]
             EVENTS.subscribe(self.feedback.controller.on_weight_sync)
         self._generator = None
         EVENTS.subscribe(self.drafter.mark_dirty)

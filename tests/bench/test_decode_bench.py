@@ -26,6 +26,14 @@ def test_points_cover_every_engine_k_alpha_and_bs_once():
     assert decode.expected_tokens_per_round(1.0, 3) == 4.0
 
 
+def test_graph_sizes_stop_where_each_engines_verify_graphs_fit():
+    """Speculative engines capture decode graphs to 768 / (K+1) tokens' batch (128 at K=5, 192 at K=3),
+    plain SGLang to 256; the rest of the benchmarked sizes run eagerly."""
+    args = decode.parse(["--bs", "1,128,150,200,256", "--k", "3,5", "--stock-k", "3"])
+    graphs = {kind: decode.engine_launch(kind, args, "/m")[0]["cuda_graph_bs_decode"] for kind in decode.ENGINES}
+    assert graphs == {"plain": [1, 128, 150, 200, 256], "stock": [1, 128, 150], "ours": [1, 128]}
+
+
 def test_summary_plot_and_resume(tmp_path):
     out = tmp_path / "b.json"
     rows = [dict(engine="plain", k=0, alpha=None, bs=1, tok_s=100.0),

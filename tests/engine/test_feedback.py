@@ -75,3 +75,18 @@ def test_harvested_rounds_reach_the_decode_summary():
                      "mean batch 2.0, accepted 0.50 of drafted tokens (3.00 tokens per request-round)"]
     summary.report("resume")  # nothing decoded since: no line
     assert len(lines) == 1
+
+
+def test_the_decode_summary_counts_the_probes_of_its_window():
+    from er_verl.engine.profile import DecodeSummary
+
+    decisions, lines = {"probe": 3}, []
+    summary = DecodeSummary(out=lines.append, probes=lambda: decisions["probe"])
+    summary.record(8, 0)
+    summary.report("tensor")  # 3 probes happened before this summary's window
+    decisions["probe"] = 5
+    summary.record(8, 0)
+    summary.report("tensor")
+    summary.record(8, 2)
+    summary.report("tensor")
+    assert [line.endswith(", 2 probes") for line in lines] == [False, True, False]
