@@ -2,7 +2,13 @@
 # On the GPU host (after staging): verl GRPO end to end with the self-drafter switched on.
 #   PHASE=S: the GSM8K smoke (random-init 0.5B shape) with efficient_sglang, gate=auto and gate=always,
 #            3 steps each (every step ends in a weight sync, so the drafter is requantized through verl);
-#   PHASE=Q: the offline quickstart (SFT a small policy, GRPO with efficient_sglang and with sglang).
+#   PHASE=Q: the offline quickstart (SFT a small policy, GRPO with efficient_sglang and with sglang);
+#   PHASE=8: the 8B-shape systems run of issue 6 (written 2026-11-25, not yet run): a random Qwen3-8B-shape
+#            policy (32k offline tokenizer), GSM8K prompts, the same data and seed for ROLLOUTS (default both),
+#            response lengths FORCED long-tailed (ER_VERL_FORCE_RESPONSE_LEN, default 400:1.0, cap 2048) and
+#            acceptance FORCED (ER_VERL_FORCE_ACCEPT, default 0.8; efficient_sglang only); the actor trains with
+#            plain SGD (no optimizer state, so an 8B actor fits beside SGLang on one H200). One backend per call
+#            (ROLLOUTS=efficient_sglang, then ROLLOUTS=sglang); logs and verl's metrics JSONL under $RES.
 # Logs go straight to $RES (default $OUT, so they come back even when a call runs past its limit).
 #   PHASE=Q QS_WORK=DIR: the quickstart's --work (default /tmp/er_qs); outputs are suffixed with its name.
 #   PHASE=S NAMES="auto always": which smoke variants to run.
@@ -43,6 +49,27 @@ case ${PHASE:-S} in
       | tee -a "$RES/quickstart_$tag.txt" | tail -40
     cp "$W/summary.json" "$RES/summary_$tag.json" 2>/dev/null; cp "$W/quickstart.png" "$RES/quickstart_$tag.png" 2>/dev/null
     tar czf "$RES/qs_logs_$tag.tgz" -C "$W" logs 2>/dev/null
+    ;;
+  8)
+    export ER_VERL_FORCE_RESPONSE_LEN=${FORCE_LEN:-400:1.0} ER_VERL_FORCE_ACCEPT=${FORCE_ALPHA:-0.8}
+    for r in ${ROLLOUTS:-efficient_sglang sglang}; do
+      [ -f "$RES/e2e8b_$r.done" ] && { echo "== $r: done before"; continue; }
+      start=$(date +%s)
+      WORK=${WORK8:-/tmp/er_verl_8b} SHAPE=qwen3-8b VOCAB=32768 ROLLOUT=$r STEPS=${STEPS:-3} \
+        VERL_FILE_LOGGER_PATH="$RES/e2e8b_$r.jsonl" timeout ${T:-560} bash recipes/smoke/run_grpo_smoke.sh \
+        data.train_batch_size=32 data.max_response_length=2048 actor_rollout_ref.rollout.n=8 \
+        actor_rollout_ref.actor.optim.optimizer=SGD actor_rollout_ref.actor.ppo_mini_batch_size=32 \
+        actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2 actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4 \
+        actor_rollout_ref.model.enable_gradient_checkpointing=True actor_rollout_ref.rollout.gpu_memory_utilization=0.35 \
+        actor_rollout_ref.rollout.agent.default_agent_loop=efficient_single_turn_agent \
+        "trainer.logger=[console,file]" > "$RES/e2e8b_$r.log" 2>&1
+      rc=$?
+      echo "== 8B $r rc=$rc wall=$(( $(date +%s) - start ))s" | tee -a "$RES/summary.txt"
+      grep -oE "step:[0-9]+ .*" "$RES/e2e8b_$r.log" | tr ' ' '\n' \
+        | grep -E "^(step|timing_s/(gen|step|update_actor|old_log_prob)|response_length/(mean|max)|rollout/.*)" \
+        | paste -sd' ' | tee -a "$RES/summary.txt"
+      [ $rc = 0 ] && touch "$RES/e2e8b_$r.done" || grep -E "Error|error:|Traceback|OOM|out of memory" "$RES/e2e8b_$r.log" | tail -20
+    done
     ;;
 esac
 nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$RES/summary.txt"

@@ -5,7 +5,8 @@
 #   ROLLOUT=efficient_sglang bash recipes/smoke/run_grpo_smoke.sh     # the er_verl backend
 #   ROLLOUT=sglang           bash recipes/smoke/run_grpo_smoke.sh     # verl's own, for comparison
 #
-# Env: WORK (scratch dir), GSM8K_SRC (folder with train/test.jsonl), STEPS, extra Hydra overrides as args.
+# Env: WORK (scratch dir), GSM8K_SRC (folder with train/test.jsonl), STEPS, SHAPE (qwen2.5-0.5b, or qwen3-8b
+# for the systems run), VOCAB (the offline tokenizer's size), extra Hydra overrides as args (later ones win).
 set -euo pipefail
 ROLLOUT=${ROLLOUT:-efficient_sglang}
 WORK=${WORK:-/tmp/er_verl_smoke}
@@ -14,8 +15,8 @@ GSM8K_SRC=${GSM8K_SRC:-../shared/data/gsm8k}
 PY=${PYTHON:-python3}
 
 [ -f "$WORK/data/train.parquet" ] || $PY -m er_verl.cli prepare-gsm8k --src "$GSM8K_SRC" --out "$WORK/data"
-[ -f "$WORK/model/config.json" ] || $PY -m er_verl.cli make-model --shape qwen2.5-0.5b --out "$WORK/model" \
-  --text "$GSM8K_SRC/train.jsonl"
+[ -f "$WORK/model/config.json" ] || $PY -m er_verl.cli make-model --shape "${SHAPE:-qwen2.5-0.5b}" --out "$WORK/model" \
+  --text "$GSM8K_SRC/train.jsonl" --vocab-size "${VOCAB:-8192}"
 
 extra=()
 if [ "$ROLLOUT" = efficient_sglang ]; then

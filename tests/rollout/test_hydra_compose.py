@@ -74,3 +74,22 @@ def test_smoke_recipe_overrides_compose():
     cfg = compose(overrides + ["actor_rollout_ref.rollout.agent.default_agent_loop=efficient_single_turn_agent"])
     assert cfg.trainer.total_training_steps == 2
     assert rollout_dataclass(cfg).n == 4
+
+
+def _e2e_8b_overrides():
+    """The Hydra overrides PHASE=8 of recipes/smoke/device_spec_e2e.sh adds to the smoke recipe's."""
+    script = open(os.path.join(os.path.dirname(SMOKE), "device_spec_e2e.sh")).read()
+    block = script.split("  8)", 1)[1].split(";;", 1)[0]
+    call = block.split("run_grpo_smoke.sh", 1)[1].split(">", 1)[0]
+    return [t.strip('"') for t in call.replace("\\\n", " ").split() if "=" in t]
+
+
+def test_8b_systems_run_overrides_compose_with_sgd_and_the_group_agent_loop():
+    extra = _e2e_8b_overrides()
+    cfg = compose(_smoke_overrides() + extra)
+    actor = cfg.actor_rollout_ref.actor
+    assert actor.optim.optimizer == "SGD" and actor.ppo_micro_batch_size_per_gpu == 2
+    assert cfg.data.max_response_length == 2048 and rollout_dataclass(cfg).n == 8  # later overrides win
+    assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "efficient_single_turn_agent"
+    assert cfg.actor_rollout_ref.model.enable_gradient_checkpointing is True
+    assert list(cfg.trainer.logger) == ["console", "file"]

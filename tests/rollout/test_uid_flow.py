@@ -5,6 +5,7 @@ import json
 import os
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 pytest.importorskip("verl")
@@ -113,6 +114,41 @@ def test_uid_reaches_the_sglang_request(tiny_tokenizer_dir):
     assert groups == ["g-1", "g-1", "g-2"]
     assert [o.response_ids for o in outputs] == [[7, 8, 9]] * 3
     assert server._groups_since_sync == {"g-1": 2, "g-2": 1}
+
+
+def test_forced_response_lengths_reach_the_request_and_repeat_across_runs(tiny_tokenizer_dir, monkeypatch):
+    """The systems knob: each request gets a drawn max_tokens (capped at verl's response_length 16) and
+    ignore_eos; the draw depends on the prompt and its occurrence, so a second backend's run repeats it."""
+    from er_verl.rollout import agent_loop
+
+    monkeypatch.setenv(agent_loop.FORCE_LEN_ENV, "12:1.5:7")
+    samples = [dict(sample("g-1"), extra_info={"index": i // 2}) for i in range(8)]  # 4 prompts x 2 samples
+    runs = []
+    for _ in range(2):
+        monkeypatch.setattr(agent_loop, "_forced_spec", None)  # a fresh process: counts start again
+        server, outputs = run_loop(AGENT_LOOP_NAME, tiny_tokenizer_dir, samples)
+        sent = [(r.sampling_params["max_new_tokens"], r.sampling_params["ignore_eos"]) for r in server.tokenizer_manager.requests]
+        drawn = [o.extra_fields[agent_loop.FORCED_LEN_FIELD] for o in outputs]
+        assert sent == [(n, True) for n in drawn] and max(drawn) == 16  # capped at verl's response length
+        runs.append(drawn)
+    assert runs[0] == runs[1] and len(set(runs[0])) > 2  # repeatable, and not one length for all
+    monkeypatch.delenv(agent_loop.FORCE_LEN_ENV)
+    server, outputs = run_loop(AGENT_LOOP_NAME, tiny_tokenizer_dir, samples[:1])
+    assert "ignore_eos" not in server.tokenizer_manager.requests[0].sampling_params  # off: untouched
+    assert agent_loop.FORCED_LEN_FIELD not in outputs[0].extra_fields
+
+
+def test_forced_length_spec_errors_say_what_is_allowed():
+    from er_verl.rollout.agent_loop import ForcedLengths, parse_forced_len
+
+    assert parse_forced_len("") is None and parse_forced_len(None) is None
+    assert parse_forced_len("300:1.0") == (300.0, 1.0, 0) and parse_forced_len("50:0:3") == (50.0, 0.0, 3)
+    for bad in ("300", "a:b", "0:1", "300:-1", "1:2:3:4"):
+        with pytest.raises(ValueError, match="ER_VERL_FORCE_RESPONSE_LEN"):
+            parse_forced_len(bad)
+    lengths = ForcedLengths(300, 1.0)
+    draws = [lengths.draw(f"index:{i}") for i in range(2000)]
+    assert 270 < float(np.median(draws)) < 330 and max(draws) > 3 * 300 and min(draws) >= 8  # long-tailed
 
 
 def test_stock_loop_falls_back_to_prompt_hash(tiny_tokenizer_dir):
