@@ -165,7 +165,7 @@ def _local_ratios(fitted: StepParams, batch_sizes, num_tokens, seconds) -> dict[
         return {}
     b = np.asarray(batch_sizes, dtype=np.float64)
     ratio = np.asarray(seconds, dtype=np.float64) / fitted.predict(b, np.asarray(num_tokens, dtype=np.float64))
-    buckets = np.array([bucket_of(x) for x in b])
+    buckets = np.floor(np.log2(np.maximum(b, 1.0))).astype(np.int64)  # bucket_of, vectorized
     return {int(j): float(np.median(ratio[buckets == j])) for j in np.unique(buckets)
             if np.sum(buckets == j) >= MIN_LOCAL}
 
