@@ -71,10 +71,11 @@ def read_metrics(path: str) -> list[dict]:
 def last_rollout(path: str, gap_s: float = 2.0) -> list[dict]:
     """The decode calls of the last rollout in an ``ER_VERL_TIMELINE`` file ({t, bs, k} per call): the run
     after the last pause longer than ``gap_s`` (training happens between rollouts); t from its start."""
-    if not os.path.exists(path):
+    from er_verl.bench.rollout import read_timeline
+
+    calls = read_timeline(path)
+    if not calls:
         return []
-    with open(path) as f:
-        calls = [json.loads(line) for line in f if line.strip()]
     start = 0
     for i in range(1, len(calls)):
         if calls[i]["t"] - calls[i - 1]["t"] > gap_s:
