@@ -40,7 +40,7 @@ from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
 from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.config import config_from_json
-from er_verl.engine import loader, spec_round, verify
+from er_verl.engine import loader, spec_round, verify, verify_plan
 from er_verl.engine.faults import oom_in_capture
 from er_verl.engine.profile import DecodeSummary, RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
@@ -411,5 +411,7 @@ HOOKS = (
         loader.init_pools_around,
         "AROUND",
     ),
+    ("sglang.srt.model_executor.model_runner.ModelRunner._get_attention_backend",
+     verify_plan.attention_backend_around, "AROUND"),
 )
 """(target, hook, HookType name) for every self-drafter hook; ``plugin.register`` registers them."""

@@ -1,0 +1,130 @@
+"""Sync-free, mask-free FlashInfer plans for the target's TARGET_VERIFY CUDA graphs (a chain verify).
+
+Measured on the H200 (``results/diag_2026-11-26/``, torch.profiler over K=4 rounds, 8B shape, FlashInfer): the
+host blocked once per round in ``BatchPrefillWithPagedKVCacheWrapper.plan`` of the verify pass, whose
+``qo_indptr.to("cpu")`` waits for every queued draft step; only then did it plan and launch the verify graph,
+so the GPU idled between the last draft step and the verify pass. SGLang 0.5.14 swaps in its sync-free
+``fast_prefill_plan`` for draft-extend graphs only (flashinfer_backend.py, ``init_forward_metadata_out_graph``).
+
+Our verify is a chain (topk = 1): token i of a request's K+1 attends to its prefix and to tokens 0..i, which is
+FlashInfer's causal mask (bottom-right aligned), so no custom mask is needed. For each FlashInfer backend of
+the target (the launch state's and every ``build_adaptive_runtime_state`` one), :func:`install`:
+
+- creates the TARGET_VERIFY graph wrappers without a custom-mask buffer (causal; SGLang's forward passes
+  ``causal=True``), and
+- replaces their ``begin_forward`` by :func:`chain_plan`: the real ``plan`` (host copies; used at capture and
+  whenever the host layout is unknown), or, at replay, SGLang's ``fast_prefill_plan`` fed the host layout that
+  :func:`install`'s ``init_forward_metadata_out_graph`` wrapper records from the padded replay batch:
+  q rows K+1 per request, KV lengths ``seq_lens_cpu + K + 1`` (the verify tokens' K/V are written first).
+
+The pinned host buffer of a wrapper's plan is copied to the device asynchronously; a later plan of the same
+wrapper may overwrite it only after that copy ran. Here each verify plan follows the publish wait of the
+previous speculative round (SGLang's scheduler resolves the new lengths on the host before the next batch),
+which completes after that round's verify pass. ``ER_VERL_FAST_VERIFY_PLAN=0`` keeps SGLang's own wrappers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+FAST_VERIFY_PLAN_ENV = "ER_VERL_FAST_VERIFY_PLAN"
+INSTALLED_ATTR = "er_verl_chain_verify"
+
+
+def enabled(environ=None) -> bool:
+    raw = (environ if environ is not None else os.environ).get(FAST_VERIFY_PLAN_ENV, "").strip() or "1"
+    if raw not in ("0", "1"):
+        raise ValueError(f"{FAST_VERIFY_PLAN_ENV}={raw!r}: expected 1 (sync-free causal verify plans) or 0 (SGLang's)")
+    return raw == "1"
+
+
+class HostLayout:
+    """The host-known layout of the verify batch being planned: KV lengths [bs] int32 and q rows per request."""
+
+    def __init__(self):
+        self.kv_lens = None
+        self.q_len = 0
+
+    def set(self, seq_lens_cpu, q_len: int) -> None:
+        import torch
+
+        self.kv_lens = seq_lens_cpu.to(torch.int32) + q_len
+        self.q_len = q_len
+
+    def clear(self) -> None:
+        self.kv_lens, self.q_len = None, 0
+
+    def plan_kwargs(self) -> dict:
+        """The keyword arguments ``fast_prefill_plan`` needs (all on the host)."""
+        import torch
+
+        bs = self.kv_lens.shape[0]
+        kv_indptr = torch.zeros(bs + 1, dtype=torch.int32)
+        kv_indptr[1:] = torch.cumsum(self.kv_lens, 0)
+        return dict(qo_indptr_host=torch.arange(0, (bs + 1) * self.q_len, self.q_len, dtype=torch.int32),
+                    kv_indptr_host=kv_indptr, kv_lens_host=self.kv_lens, max_q_len=self.q_len,
+                    max_kv_len=int(self.kv_lens.max()))
+
+
+def chain_plan(wrapper, *args, layout: HostLayout, real_plan, fast_plan, custom_mask=None, **kwargs):
+    """``begin_forward`` of a TARGET_VERIFY graph wrapper: never a custom mask (the chain is causal); the fast
+    plan when the host layout is known and the wrapper was planned for real once (its kernel module cached)."""
+    if layout.kv_lens is None or getattr(wrapper, "_cached_module", None) is None:
+        return real_plan(wrapper, *args, **kwargs)
+    return fast_plan(wrapper, *args, **kwargs, **layout.plan_kwargs())
+
+
+def install(backend) -> bool:
+    """Make ``backend``'s (a FlashInferAttnBackend of the target) verify graphs causal and their plans
+    sync-free; returns False (nothing changed) for a backend this does not fit (sliding window / cross
+    attention use two wrappers, or a prefill backend other than fa2)."""
+    from flashinfer import BatchPrefillWithPagedKVCacheWrapper
+    from sglang.srt.layers.attention import flashinfer_backend as fib
+
+    if getattr(backend, INSTALLED_ATTR, False):
+        return True
+    if getattr(backend, "num_wrappers", 1) != 1 or getattr(backend, "prefill_backend", None) != "fa2":
+        return False
+    layout = HostLayout()
+    plan = functools.partial(chain_plan, layout=layout, real_plan=BatchPrefillWithPagedKVCacheWrapper.plan,
+                             fast_plan=fib.fast_prefill_plan)
+    prepare, out_graph = backend._prepare_cuda_graph_metadata, backend.init_forward_metadata_out_graph
+
+    def prepare_cuda_graph_metadata(bs, num_tokens, forward_mode, spec_info):
+        if not forward_mode.is_target_verify():
+            return prepare(bs, num_tokens, forward_mode, spec_info)
+        wrappers = backend._create_prefill_wrappers(bs, use_custom_mask=False)
+        for w in wrappers:
+            w.begin_forward = functools.partial(plan, w)
+        backend.prefill_cuda_graph_metadata[bs] = wrappers
+        backend.forward_metadata = fib.PrefillMetadata(wrappers, False, False)
+
+    def init_forward_metadata_out_graph(forward_batch, in_capture=False):
+        known = (forward_batch.forward_mode.is_target_verify() and not in_capture
+                 and forward_batch.seq_lens_cpu is not None and forward_batch.spec_info is not None)
+        if known:
+            layout.set(forward_batch.seq_lens_cpu[:forward_batch.batch_size], forward_batch.spec_info.draft_token_num)
+        try:
+            return out_graph(forward_batch, in_capture)
+        finally:
+            layout.clear()
+
+    backend._prepare_cuda_graph_metadata = prepare_cuda_graph_metadata
+    backend.init_forward_metadata_out_graph = init_forward_metadata_out_graph
+    setattr(backend, INSTALLED_ATTR, True)
+    return True
+
+
+def attention_backend_around(original, runner, *args, **kwargs):
+    """AROUND ``ModelRunner._get_attention_backend``: the target runner's FlashInfer backends get :func:`install`
+    when the verify is a chain (topk = 1) and ``ER_VERL_FAST_VERIFY_PLAN`` is not 0."""
+    backend = original(runner, *args, **kwargs)
+    if runner.is_draft_worker or (getattr(runner.server_args, "speculative_eagle_topk", 1) or 1) != 1 or not enabled():
+        return backend
+    from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
+
+    if isinstance(backend, FlashInferAttnBackend) and not install(backend):
+        print("er_verl[scheduler]: the target's FlashInfer backend keeps SGLang's verify plans "
+              "(two wrappers or a non-fa2 prefill backend)", flush=True)
+    return backend

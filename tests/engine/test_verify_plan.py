@@ -1,0 +1,112 @@
+"""The chain-verify FlashInfer plan hook without a GPU: which plan runs, the host layout it is given, and what
+install() changes on a backend (fakes standing in for SGLang's FlashInferAttnBackend and its wrappers)."""
+
+import pytest
+import torch
+
+from er_verl.engine import verify_plan
+
+
+def _calls():
+    seen = []
+    real = lambda w, *a, **kw: seen.append(("real", a, kw))  # noqa: E731
+    fast = lambda w, *a, **kw: seen.append(("fast", a, kw))  # noqa: E731
+    return seen, real, fast
+
+
+class Wrapper:
+    _cached_module = None
+
+
+def test_real_plan_without_the_mask_until_the_layout_is_known_and_the_module_cached():
+    seen, real, fast = _calls()
+    layout, w = verify_plan.HostLayout(), Wrapper()
+    verify_plan.chain_plan(w, "qo", "kv", layout=layout, real_plan=real, fast_plan=fast, custom_mask="mask", non_blocking=True)
+    assert seen == [("real", ("qo", "kv"), {"non_blocking": True})]  # capture: the mask is dropped (causal chain)
+    layout.set(torch.tensor([10, 3]), 5)
+    verify_plan.chain_plan(w, "qo", layout=layout, real_plan=real, fast_plan=fast)
+    assert seen[-1][0] == "real"  # no kernel module cached yet: a real plan first
+    w._cached_module = object()
+    verify_plan.chain_plan(w, "qo", layout=layout, real_plan=real, fast_plan=fast, custom_mask="mask")
+    kind, args, kw = seen[-1]
+    assert kind == "fast" and args == ("qo",) and "custom_mask" not in kw
+    # KV lengths include the K+1 verify tokens; q rows are K+1 per request
+    assert kw["kv_lens_host"].tolist() == [15, 8] and kw["kv_indptr_host"].tolist() == [0, 15, 23]
+    assert kw["qo_indptr_host"].tolist() == [0, 5, 10] and kw["max_q_len"] == 5 and kw["max_kv_len"] == 15
+    assert kw["kv_lens_host"].dtype == torch.int32 and kw["kv_indptr_host"].dtype == torch.int32
+    layout.clear()
+    verify_plan.chain_plan(w, "qo", layout=layout, real_plan=real, fast_plan=fast)
+    assert seen[-1][0] == "real"
+
+
+class Mode:
+    def __init__(self, verify):
+        self.verify = verify
+
+    def is_target_verify(self):
+        return self.verify
+
+
+class Backend:
+    num_wrappers, prefill_backend = 1, "fa2"
+
+    def __init__(self):
+        self.prefill_cuda_graph_metadata, self.log = {}, []
+
+    def _prepare_cuda_graph_metadata(self, bs, num_tokens, forward_mode, spec_info):
+        self.log.append(("stock prepare", bs))
+
+    def _create_prefill_wrappers(self, bs, use_custom_mask=False):
+        self.log.append(("create", bs, use_custom_mask))
+        return [Wrapper()]
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture=False):
+        w = self.prefill_cuda_graph_metadata.get(forward_batch.batch_size, [None])[0]
+        if w is not None:
+            w.begin_forward("qo", custom_mask="mask")
+
+
+class Batch:
+    def __init__(self, verify, bs, seq_lens_cpu, k1=4):
+        self.forward_mode, self.batch_size, self.seq_lens_cpu = Mode(verify), bs, seq_lens_cpu
+        self.spec_info = type("Spec", (), {"draft_token_num": k1})()
+
+
+def test_install_makes_verify_wrappers_maskless_and_plans_replays_fast(monkeypatch):
+    pytest.importorskip("sglang.srt.layers.attention.flashinfer_backend")
+    from flashinfer import BatchPrefillWithPagedKVCacheWrapper
+    from sglang.srt.layers.attention import flashinfer_backend as fib
+
+    seen, real, fast = _calls()
+    monkeypatch.setattr(BatchPrefillWithPagedKVCacheWrapper, "plan", real)
+    monkeypatch.setattr(fib, "fast_prefill_plan", fast)
+    b = Backend()
+    assert verify_plan.install(b) and verify_plan.install(b)  # idempotent
+    b._prepare_cuda_graph_metadata(8, 8, Mode(False), None)
+    assert b.log == [("stock prepare", 8)]  # decode graphs: SGLang's own
+    b._prepare_cuda_graph_metadata(2, 8, Mode(True), None)
+    assert b.log[-1] == ("create", 2, False)  # verify graphs: no custom-mask buffer
+    b.init_forward_metadata_out_graph(Batch(True, 2, torch.tensor([7, 9, 1])), in_capture=True)
+    assert seen[-1][0] == "real"  # capture plans for real
+    b.prefill_cuda_graph_metadata[2][0]._cached_module = object()
+    b.init_forward_metadata_out_graph(Batch(True, 2, torch.tensor([7, 9, 1])))
+    kind, _, kw = seen[-1]
+    assert kind == "fast" and kw["kv_lens_host"].tolist() == [11, 13]  # the padded batch's first bs rows
+    b.init_forward_metadata_out_graph(Batch(True, 2, None))
+    assert seen[-1][0] == "real"  # host lengths unknown: the real (syncing) plan, still correct
+
+
+def test_install_refuses_two_wrapper_or_non_fa2_backends():
+    pytest.importorskip("sglang.srt.layers.attention.flashinfer_backend")
+    b = Backend()
+    b.num_wrappers = 2
+    assert not verify_plan.install(b)
+    b = Backend()
+    b.prefill_backend = "fa3"
+    assert not verify_plan.install(b)
+
+
+def test_env_switch():
+    assert verify_plan.enabled({}) and not verify_plan.enabled({verify_plan.FAST_VERIFY_PLAN_ENV: "0"})
+    with pytest.raises(ValueError, match="ER_VERL_FAST_VERIFY_PLAN='yes': expected 1"):
+        verify_plan.enabled({verify_plan.FAST_VERIFY_PLAN_ENV: "yes"})
