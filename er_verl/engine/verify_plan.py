@@ -1,6 +1,6 @@
 """Sync-free, mask-free FlashInfer plans for the target's TARGET_VERIFY CUDA graphs (a chain verify).
 
-Measured on the H200 (``results/diag_2026-11-26/``, torch.profiler over K=4 rounds, 8B shape, FlashInfer): the
+Measured on the H200 (``results/diag_2026-11-25b/``, torch.profiler over K=4 rounds, 8B shape, FlashInfer): the
 host blocked once per round in ``BatchPrefillWithPagedKVCacheWrapper.plan`` of the verify pass, whose
 ``qo_indptr.to("cpu")`` waits for every queued draft step; only then did it plan and launch the verify graph,
 so the GPU idled between the last draft step and the verify pass. SGLang 0.5.14 swaps in its sync-free
