@@ -14,7 +14,8 @@ the target (the launch state's and every ``build_adaptive_runtime_state`` one), 
   ``causal=True``), and
 - replaces their ``begin_forward`` by :func:`chain_plan`: the real ``plan`` (host copies; used at capture and
   whenever the host layout is unknown), or, at replay, SGLang's ``fast_prefill_plan`` fed the host layout that
-  :func:`install`'s ``init_forward_metadata_out_graph`` wrapper records from the padded replay batch:
+  :func:`install`'s ``init_forward_metadata_out_graph`` wrapper records from the padded replay batch (when the
+  verify input says the batch had host lengths):
   q rows K+1 per request, KV lengths ``seq_lens_cpu + K + 1`` (the verify tokens' K/V are written first).
 
 The pinned host buffer of a wrapper's plan is copied to the device asynchronously; a later plan of the same
@@ -101,8 +102,12 @@ def install(backend) -> bool:
         backend.forward_metadata = fib.PrefillMetadata(wrappers, False, False)
 
     def init_forward_metadata_out_graph(forward_batch, in_capture=False):
+        # At replay ``forward_batch`` is SGLang's padded view: its ``seq_lens_cpu`` is the graph's host buffer,
+        # refilled only when the batch had host lengths (else stale). The verify input records whether it had
+        # (``eagle_prepare_for_verify`` copies ``batch.seq_lens_cpu`` into it).
+        spec = forward_batch.spec_info
         known = (forward_batch.forward_mode.is_target_verify() and not in_capture
-                 and forward_batch.seq_lens_cpu is not None and forward_batch.spec_info is not None)
+                 and getattr(spec, "seq_lens_cpu", None) is not None)
         if known:
             layout.set(forward_batch.seq_lens_cpu[:forward_batch.batch_size], forward_batch.spec_info.draft_token_num)
         try:

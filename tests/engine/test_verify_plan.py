@@ -67,9 +67,12 @@ class Backend:
 
 
 class Batch:
-    def __init__(self, verify, bs, seq_lens_cpu, k1=4):
-        self.forward_mode, self.batch_size, self.seq_lens_cpu = Mode(verify), bs, seq_lens_cpu
-        self.spec_info = type("Spec", (), {"draft_token_num": k1})()
+    """SGLang's padded replay view: ``seq_lens_cpu`` is the graph's host buffer (always a tensor, stale when the
+    batch had no host lengths); the verify input's ``seq_lens_cpu`` says whether it had them."""
+
+    def __init__(self, verify, bs, buffer, had_host_lens=True, k1=4):
+        self.forward_mode, self.batch_size, self.seq_lens_cpu = Mode(verify), bs, buffer
+        self.spec_info = type("Spec", (), {"draft_token_num": k1, "seq_lens_cpu": buffer if had_host_lens else None})()
 
 
 def test_install_makes_verify_wrappers_maskless_and_plans_replays_fast(monkeypatch):
@@ -92,8 +95,9 @@ def test_install_makes_verify_wrappers_maskless_and_plans_replays_fast(monkeypat
     b.init_forward_metadata_out_graph(Batch(True, 2, torch.tensor([7, 9, 1])))
     kind, _, kw = seen[-1]
     assert kind == "fast" and kw["kv_lens_host"].tolist() == [11, 13]  # the padded batch's first bs rows
-    b.init_forward_metadata_out_graph(Batch(True, 2, None))
-    assert seen[-1][0] == "real"  # host lengths unknown: the real (syncing) plan, still correct
+    seen.clear()
+    b.init_forward_metadata_out_graph(Batch(True, 2, torch.tensor([7, 9, 1]), had_host_lens=False))
+    assert seen[-1][0] == "real"  # the buffer is stale without host lengths: the real (syncing) plan, still correct
 
 
 def test_install_refuses_two_wrapper_or_non_fa2_backends():
