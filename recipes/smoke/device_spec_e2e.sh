@@ -3,7 +3,7 @@
 #   PHASE=S: the GSM8K smoke (random-init 0.5B shape) with efficient_sglang, gate=auto and gate=always,
 #            3 steps each (every step ends in a weight sync, so the drafter is requantized through verl);
 #   PHASE=Q: the offline quickstart (SFT a small policy, GRPO with efficient_sglang and with sglang);
-#   PHASE=8: the 8B-shape systems run of issue 6 (written 2026-11-25, not yet run): a random Qwen3-8B-shape
+#   PHASE=8: the 8B-shape systems run of issue 6 (written 2026-11-25, not yet run; its Hydra overrides compose on CPU): a random Qwen3-8B-shape
 #            policy (32k offline tokenizer), GSM8K prompts, the same data and seed for ROLLOUTS (default both),
 #            response lengths FORCED long-tailed (ER_VERL_FORCE_RESPONSE_LEN, default 400:1.0, cap 2048) and
 #            acceptance FORCED (ER_VERL_FORCE_ACCEPT, default 0.8; efficient_sglang only); the actor trains with
@@ -52,6 +52,7 @@ case ${PHASE:-S} in
     ;;
   8)
     export ER_VERL_FORCE_RESPONSE_LEN=${FORCE_LEN:-400:1.0} ER_VERL_FORCE_ACCEPT=${FORCE_ALPHA:-0.8}
+    FORCE_LEN_USED=$ER_VERL_FORCE_RESPONSE_LEN
     for r in ${ROLLOUTS:-efficient_sglang sglang}; do
       [ -f "$RES/e2e8b_$r.done" ] && { echo "== $r: done before"; continue; }
       start=$(date +%s)
@@ -70,6 +71,22 @@ case ${PHASE:-S} in
         | paste -sd' ' | tee -a "$RES/summary.txt"
       [ $rc = 0 ] && touch "$RES/e2e8b_$r.done" || grep -E "Error|error:|Traceback|OOM|out of memory" "$RES/e2e8b_$r.log" | tail -20
     done
+    # Both backends' verl metrics side by side (the quickstart's report): $RES/e2e8b_summary.json.
+    python3 - "$RES" "$FORCE_LEN_USED" "$ER_VERL_FORCE_ACCEPT" <<'PY'
+import datetime, json, os, platform, sys
+import torch
+from er_verl.quickstart.run import ROLLOUTS, print_spec, print_table, read_metrics, summarize
+res, force_len, force_alpha = sys.argv[1:4]
+runs = {r: read_metrics(f"{res}/e2e8b_{r}.jsonl") for r in ROLLOUTS if os.path.exists(f"{res}/e2e8b_{r}.jsonl")}
+summary = summarize(runs)
+print_table(summary)
+print_spec(runs)
+env = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "python": platform.python_version(),
+       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+       "command": "PHASE=8 bash recipes/smoke/device_spec_e2e.sh",
+       "forced": {"ER_VERL_FORCE_RESPONSE_LEN": force_len, "ER_VERL_FORCE_ACCEPT (efficient_sglang only)": force_alpha}}
+json.dump({"environment": env, "summary": summary, "runs": runs}, open(f"{res}/e2e8b_summary.json", "w"), indent=1)
+PY
     ;;
 esac
 nvidia-smi --query-gpu=name,memory.used --format=csv | tee -a "$RES/summary.txt"
