@@ -109,7 +109,7 @@ def install(backend) -> bool:
         known = (forward_batch.forward_mode.is_target_verify() and not in_capture
                  and getattr(spec, "seq_lens_cpu", None) is not None)
         if known:
-            layout.set(forward_batch.seq_lens_cpu[:forward_batch.batch_size], forward_batch.spec_info.draft_token_num)
+            layout.set(forward_batch.seq_lens_cpu[:forward_batch.batch_size], spec.draft_token_num)
         try:
             return out_graph(forward_batch, in_capture)
         finally:
