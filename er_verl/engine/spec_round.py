@@ -38,7 +38,6 @@ from dataclasses import dataclass
 import torch
 
 from er_verl.engine import verify
-from er_verl.engine.server_args import OVERLAP_ENV, overlap_rounds_enabled  # noqa: F401 - re-exported
 
 SPEC_K_ENV = "ER_VERL_SPEC_K"  # forced draft length for every decode batch (0 = plain decoding)
 WARN_EVERY_S = 5.0

@@ -44,6 +44,7 @@ from er_verl.engine import loader, spec_round, verify, verify_plan
 from er_verl.engine.faults import oom_in_capture
 from er_verl.engine.profile import DecodeSummary, RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
+from er_verl.engine.server_args import OVERLAP_ENV, overlap_rounds_enabled
 from er_verl.engine.weight_sync import EVENTS
 
 CONTROL_ENV = "ER_VERL_CONTROL"  # the EfficientConfig as JSON: turns the controller on (server.py sets it)
@@ -263,11 +264,11 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
     def _overlap_rounds(self):
         """``spec_round.HostLengths`` when ``ER_VERL_OVERLAP_ROUNDS=1`` and the draft runner plans without host
         lengths (``speculative_draft_attention_backend="triton"``), else None (with a warning if asked for)."""
-        if not spec_round.overlap_rounds_enabled():
+        if not overlap_rounds_enabled():
             return None
         draft = self._draft_worker.draft_runner.attn_backend
         if getattr(draft, "needs_cpu_seq_lens", True):
-            print(f"er_verl[scheduler]: WARNING {spec_round.OVERLAP_ENV}=1 needs a draft attention backend that plans "
+            print(f"er_verl[scheduler]: WARNING {OVERLAP_ENV}=1 needs a draft attention backend that plans "
                   f"without host lengths (speculative_draft_attention_backend='triton'), not {type(draft).__name__}; "
                   "rounds stay unoverlapped", flush=True)
             return None

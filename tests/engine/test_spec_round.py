@@ -399,16 +399,17 @@ def test_every_request_of_a_batch_carries_the_tag_keys_sglang_streams():
 
 
 def test_overlapped_rounds_are_opt_in_and_need_a_triton_drafter(capsys):
+    from er_verl.engine.server_args import OVERLAP_ENV, overlap_rounds_enabled
     from er_verl.engine.worker import SelfSpecWorkerV2
 
-    assert not spec_round.overlap_rounds_enabled({}) and spec_round.overlap_rounds_enabled({spec_round.OVERLAP_ENV: "1"})
+    assert not overlap_rounds_enabled({}) and overlap_rounds_enabled({OVERLAP_ENV: "1"})
     with pytest.raises(ValueError, match="ER_VERL_OVERLAP_ROUNDS='on': expected 1"):
-        spec_round.overlap_rounds_enabled({spec_round.OVERLAP_ENV: "on"})
+        overlap_rounds_enabled({OVERLAP_ENV: "on"})
     target, flashinfer, triton = object(), types.SimpleNamespace(), types.SimpleNamespace(needs_cpu_seq_lens=False)
     me = types.SimpleNamespace(target_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(attn_backend=target)))
     me._draft_worker = types.SimpleNamespace(draft_runner=types.SimpleNamespace(attn_backend=flashinfer))
     assert SelfSpecWorkerV2.spec_v2_attn_backends.fget(me) == (target, flashinfer)  # off: the scheduler waits as before
-    with mock.patch.dict(os.environ, {spec_round.OVERLAP_ENV: "1"}):
+    with mock.patch.dict(os.environ, {OVERLAP_ENV: "1"}):
         assert SelfSpecWorkerV2._overlap_rounds(me) is None  # a FlashInfer drafter plans from host lengths
         assert "rounds stay unoverlapped" in capsys.readouterr().out
         me._draft_worker.draft_runner.attn_backend = triton
