@@ -263,13 +263,15 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
 
     def _overlap_rounds(self):
         """``spec_round.HostLengths`` when ``ER_VERL_OVERLAP_ROUNDS=1`` and the draft runner plans without host
-        lengths (``speculative_draft_attention_backend="triton"``), else None (with a warning if asked for)."""
+        lengths (``speculative_draft_attention_backend="triton"``), else None (with a warning if asked for).
+        Read from server_args: the draft runner's backend object does not exist yet while the worker is built."""
         if not overlap_rounds_enabled():
             return None
-        draft = self._draft_worker.draft_runner.attn_backend
-        if getattr(draft, "needs_cpu_seq_lens", True):
+        args = self.server_args
+        draft = args.speculative_draft_attention_backend or args.attention_backend
+        if draft != "triton":
             print(f"er_verl[scheduler]: WARNING {OVERLAP_ENV}=1 needs a draft attention backend that plans "
-                  f"without host lengths (speculative_draft_attention_backend='triton'), not {type(draft).__name__}; "
+                  f"without host lengths (speculative_draft_attention_backend='triton'), not {draft!r}; "
                   "rounds stay unoverlapped", flush=True)
             return None
         print("er_verl[scheduler]: overlapped rounds (EXPERIMENTAL): triton drafter, the verify fetches its lengths",

@@ -7,8 +7,8 @@ Stages (each skipped when its output exists, so a rerun resumes):
 2. policy: tokenizer + small Qwen2 + SFT (``sft.py``), or ``--model PATH`` (a local folder or hub id);
 3. GRPO: ``python -m verl.trainer.main_ppo`` once per rollout backend, same seed and data, with verl's
    console and file loggers (the JSONL is what the report reads);
-4. report: a table per backend (mean rollout ``timing_s/gen`` and step ``timing_s/step`` over steps
-   after the first, final reward), the speedup, the speculation metrics verl logged for efficient_sglang,
+4. report: a table per backend (mean rollout ``timing_s/gen`` and step ``timing_s/step`` over the steps
+   both backends reached, after the first, final reward), the speedup, the speculation metrics verl logged for efficient_sglang,
    ``summary.json`` and ``quickstart.png`` (reward curves; rollout time per step; the last rollout's
    timeline: running batch size per decode call and the calls that speculated, from ``ER_VERL_TIMELINE``).
 """
@@ -85,14 +85,19 @@ def last_rollout(path: str, gap_s: float = 2.0) -> list[dict]:
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
-    """Per backend: mean gen/step seconds over steps after the first (JIT, warm-up), last reward; speedups."""
+    """Per backend: mean gen/step seconds over the steps every backend reached, leaving out the first (JIT,
+    warm-up) when there are others; last reward; speedups. A run cut short is compared on its own steps only."""
+    reached = [{r["step"] for r in rows} for rows in runs.values() if rows]
+    common = sorted(set.intersection(*reached)) if reached else []
+    compared = set(common[1:] or common)
     out = {}
     for name, rows in runs.items():
-        steady = rows[1:] or rows
+        steady = [r for r in rows if r["step"] in compared]
         if not steady:
             continue
         out[name] = {
             "steps": len(rows),
+            "steps_compared": sorted(compared),
             "gen_s": sum(r["gen"] or 0.0 for r in steady) / len(steady),
             "step_s": sum(r["step_s"] for r in steady) / len(steady),
             "final_reward": rows[-1]["reward"],

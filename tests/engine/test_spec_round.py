@@ -408,10 +408,13 @@ def test_overlapped_rounds_are_opt_in_and_need_a_triton_drafter(capsys):
     target, flashinfer, triton = object(), types.SimpleNamespace(), types.SimpleNamespace(needs_cpu_seq_lens=False)
     me = types.SimpleNamespace(target_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(attn_backend=target)))
     me._draft_worker = types.SimpleNamespace(draft_runner=types.SimpleNamespace(attn_backend=flashinfer))
+    # While the worker is built the draft runner has no backend object yet: the choice comes from server_args.
+    me.server_args = types.SimpleNamespace(speculative_draft_attention_backend=None, attention_backend="flashinfer")
     assert SelfSpecWorkerV2.spec_v2_attn_backends.fget(me) == (target, flashinfer)  # off: the scheduler waits as before
     with mock.patch.dict(os.environ, {OVERLAP_ENV: "1"}):
         assert SelfSpecWorkerV2._overlap_rounds(me) is None  # a FlashInfer drafter plans from host lengths
         assert "rounds stay unoverlapped" in capsys.readouterr().out
+        me.server_args.speculative_draft_attention_backend = "triton"
         me._draft_worker.draft_runner.attn_backend = triton
         with mock.patch.object(spec_round, "HostLengths", lambda device: "host lengths"):
             me.device = "cuda:0"

@@ -107,6 +107,10 @@ def test_report_reads_verls_file_logger_and_compares_backends(tmp_path):
     lines = []
     run.print_table(summary, log=lines.append)
     assert "rollout 1.500x" in lines[-1]
+    # A run cut short (one step) is compared with the other backend's same step, warm-up included.
+    short = run.summarize({"efficient_sglang": runs["efficient_sglang"][:1], "sglang": runs["sglang"]})
+    assert short["sglang"]["steps_compared"] == [1] and short["sglang"]["gen_s"] == 20
+    assert short["speedup"]["gen"] == pytest.approx(20 / 30)
     assert runs["efficient_sglang"][0]["er_verl"] == {"rollout/er_verl/spec_on_fraction": 0.25,
                                                       "rollout/spec_accept_rate": 0.5}
     assert runs["sglang"][0]["er_verl"] == {}
