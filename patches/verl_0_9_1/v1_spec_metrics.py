@@ -9,7 +9,11 @@ cannot borrow them. Applied by ``er_verl.rollout.patches`` only for verl 0.9.1, 
 Added metrics, over the batch's non-padding samples (per-sample fields from ``er_verl.rollout.metrics``):
 
 * ``rollout/spec_accept_rate``, ``rollout/spec_accept_length``: verl's own ``compute_spec_decode_metrics``
-  (per-sample accepted / drafted and 1 + accepted / rounds, averaged), the names MTP rollouts log;
+  (per-sample accepted / drafted and 1 + accepted / rounds, averaged), the names MTP rollouts log. verl counts
+  a sample that never speculated as 0 in both means, so they fall with the gate's off time, not only with
+  acceptance (0.33 in a run whose acceptance was forced to 0.8);
+* ``rollout/er_verl/accept_rate`` = Σ accepted / Σ drafted and ``rollout/er_verl/accept_length`` = 1 + Σ accepted /
+  Σ rounds, over the speculative rounds only (absent when the batch had none): the drafter's acceptance;
 * ``rollout/er_verl/spec_on_fraction`` = Σ rounds / Σ decode steps (speculative rounds among all decode
   steps of the batch's samples);
 * ``rollout/er_verl/mean_draft_len`` = Σ drafted / Σ rounds (mean K of the speculative rounds);
@@ -43,6 +47,9 @@ def spec_metrics(extra_fields: list, keep: list) -> dict:
     steps = sum(int(f.get(STEPS_KEY, 0)) for f in rows)
     out["rollout/er_verl/spec_on_fraction"] = sum(rounds) / steps if steps else 0.0
     out["rollout/er_verl/mean_draft_len"] = sum(drafts) / sum(rounds) if sum(rounds) else 0.0
+    if sum(rounds):
+        out["rollout/er_verl/accept_rate"] = sum(accepts) / sum(drafts)
+        out["rollout/er_verl/accept_length"] = 1 + sum(accepts) / sum(rounds)
     out.update(k_histogram([f.get(K_ROUNDS) or [] for f in rows], steps))
     requants = [float(f[REQUANT_MS]) for f in rows if f.get(REQUANT_MS)]
     if requants:

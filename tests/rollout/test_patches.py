@@ -66,6 +66,11 @@ def test_spec_metrics_aggregate_non_padding_samples():
     assert out["rollout/spec_accept_length"] == pytest.approx((1 + 6 / 4 + 0.0) / 2)
     assert out["rollout/er_verl/spec_on_fraction"] == pytest.approx(4 / ((31 - 1 - 6) + 19))
     assert out["rollout/er_verl/mean_draft_len"] == pytest.approx(3.0)
+    # Over speculative rounds only: the sample that never speculated does not pull these down (verl's do).
+    assert out["rollout/er_verl/accept_rate"] == pytest.approx(6 / 12)
+    assert out["rollout/er_verl/accept_length"] == pytest.approx(1 + 6 / 4)
+    none = mod.spec_metrics(rows[1:2], [True])
+    assert none["rollout/spec_accept_rate"] == 0.0 and "rollout/er_verl/accept_rate" not in none
     assert out["rollout/er_verl/k_hist/k0"] == 1.0  # no K-rounds lists given: every step counts as plain
     assert mod.spec_metrics(rows[:1] + [{"other": 1}], [True, True]) == {}  # a sample without the fields
     assert mod.spec_metrics([], []) == {}
