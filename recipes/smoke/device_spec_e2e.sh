@@ -3,12 +3,14 @@
 #   PHASE=S: the GSM8K smoke (random-init 0.5B shape) with efficient_sglang, gate=auto and gate=always,
 #            3 steps each (every step ends in a weight sync, so the drafter is requantized through verl);
 #   PHASE=Q: the offline quickstart (SFT a small policy, GRPO with efficient_sglang and with sglang);
-#   PHASE=8: the 8B-shape systems run of issue 6 (written 2026-11-25, not yet run; its Hydra overrides compose on CPU): a random Qwen3-8B-shape
-#            policy (32k offline tokenizer), GSM8K prompts, the same data and seed for ROLLOUTS (default both),
-#            response lengths FORCED long-tailed (ER_VERL_FORCE_RESPONSE_LEN, default 400:1.0, cap 2048) and
-#            acceptance FORCED (ER_VERL_FORCE_ACCEPT, default 0.8; efficient_sglang only); the actor trains with
-#            plain SGD (no optimizer state, so an 8B actor fits beside SGLang on one H200). One backend per call
-#            (ROLLOUTS=efficient_sglang, then ROLLOUTS=sglang); logs and verl's metrics JSONL under $RES.
+#   PHASE=8: the 8B-shape systems run of issue 6 (first run 2026-11-25: results/issue6_e2e_8b_h200.json): a random
+#            Qwen3-8B-shape policy (32k offline tokenizer), GSM8K prompts, the same data and seed for ROLLOUTS
+#            (default both), response lengths FORCED long-tailed (ER_VERL_FORCE_RESPONSE_LEN, default 400:1.0, cap
+#            MAX_RESP=2048) and acceptance FORCED (ER_VERL_FORCE_ACCEPT, default 0.8; efficient_sglang only); the actor
+#            trains with plain SGD (no optimizer state, so an 8B actor fits beside SGLang on one H200). One backend
+#            per call (ROLLOUTS=efficient_sglang, then ROLLOUTS=sglang); logs and verl's metrics JSONL under $RES.
+#            At the defaults (TRAIN_BS=32 prompts x 8, MICRO=2) a step took 150-216 s and efficient_sglang's start-up
+#            ~6 min, so one 10-minute call held one step: TRAIN_BS=16 (and a larger MICRO, if memory allows) fits two.
 # Logs go straight to $RES (default $OUT, so they come back even when a call runs past its limit).
 #   PHASE=Q QS_WORK=DIR: the quickstart's --work (default /tmp/er_qs); outputs are suffixed with its name.
 #   PHASE=S NAMES="auto always": which smoke variants to run.
@@ -58,9 +60,9 @@ case ${PHASE:-S} in
       start=$(date +%s)
       WORK=${WORK8:-/tmp/er_verl_8b} SHAPE=qwen3-8b VOCAB=32768 ROLLOUT=$r STEPS=${STEPS:-3} \
         VERL_FILE_LOGGER_PATH="$RES/e2e8b_$r.jsonl" timeout ${T:-560} bash recipes/smoke/run_grpo_smoke.sh \
-        data.train_batch_size=32 data.max_response_length=2048 actor_rollout_ref.rollout.n=8 \
-        actor_rollout_ref.actor.optim.optimizer=SGD actor_rollout_ref.actor.ppo_mini_batch_size=32 \
-        actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2 actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4 \
+        data.train_batch_size=${TRAIN_BS:-32} data.max_response_length=${MAX_RESP:-2048} actor_rollout_ref.rollout.n=8 \
+        actor_rollout_ref.actor.optim.optimizer=SGD actor_rollout_ref.actor.ppo_mini_batch_size=${TRAIN_BS:-32} \
+        actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=${MICRO:-2} actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4 \
         actor_rollout_ref.model.enable_gradient_checkpointing=True actor_rollout_ref.rollout.gpu_memory_utilization=0.35 \
         actor_rollout_ref.rollout.agent.default_agent_loop=efficient_single_turn_agent \
         "trainer.logger=[console,file]" > "$RES/e2e8b_$r.log" 2>&1

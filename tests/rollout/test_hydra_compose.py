@@ -1,6 +1,7 @@
 """verl's ppo_trainer composed with Hydra and the efficient overrides → the typed EfficientConfig."""
 
 import os
+import re
 
 import pytest
 
@@ -81,6 +82,7 @@ def _e2e_8b_overrides():
     script = open(os.path.join(os.path.dirname(SMOKE), "device_spec_e2e.sh")).read()
     block = script.split("  8)", 1)[1].split(";;", 1)[0]
     call = block.split("run_grpo_smoke.sh", 1)[1].split(">", 1)[0]
+    call = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", call)  # ${TRAIN_BS:-32} -> the default
     return [t.strip('"') for t in call.replace("\\\n", " ").split() if "=" in t]
 
 
@@ -90,6 +92,7 @@ def test_8b_systems_run_overrides_compose_with_sgd_and_the_group_agent_loop():
     actor = cfg.actor_rollout_ref.actor
     assert actor.optim.optimizer == "SGD" and actor.ppo_micro_batch_size_per_gpu == 2
     assert cfg.data.max_response_length == 2048 and rollout_dataclass(cfg).n == 8  # later overrides win
+    assert cfg.data.train_batch_size == 32 == actor.ppo_mini_batch_size  # the ${VAR:-default} values
     assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "efficient_single_turn_agent"
     assert cfg.actor_rollout_ref.model.enable_gradient_checkpointing is True
     assert list(cfg.trainer.logger) == ["console", "file"]
