@@ -102,7 +102,6 @@ class SelfSpecMixin:
                 on_publish(batch.seq_lens + 1)
             result = self.plain_step(batch)
             if result is None:
-                self.ensure_host_lengths(batch)
                 result = super().forward_batch_generation(batch)
         self.decode_stats.count(result)
         self.after_decode(batch, k, result)
@@ -144,9 +143,6 @@ class SelfSpecMixin:
     def plain_step(self, batch: Any):
         """A K=0 step of our own, or None for the stock one (the default)."""
         return None
-
-    def ensure_host_lengths(self, batch: Any) -> None:
-        """Called before SGLang's own K=0 step runs."""
 
     def speculative_round(self, batch: Any, k: int, on_publish=None):
         raise NotImplementedError

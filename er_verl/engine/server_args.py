@@ -105,16 +105,6 @@ def check_int4_shapes(model_path: str, tp_size: int = 1) -> None:
             ) from None
 
 
-OVERLAP_ENV = "ER_VERL_OVERLAP_ROUNDS"  # "1": overlapped rounds (spec_round.HostLengths), EXPERIMENTAL; default "0"
-
-
-def overlap_rounds_enabled(environ=None) -> bool:
-    raw = (environ if environ is not None else os.environ).get(OVERLAP_ENV, "").strip() or "0"
-    if raw not in ("0", "1"):
-        raise ValueError(f"{OVERLAP_ENV}={raw!r}: expected 1 (overlapped rounds, triton drafter) or 0")
-    return raw == "1"
-
-
 def self_draft_server_args(
     cfg: EfficientConfig, model_path: str, max_running_requests: Optional[int] = None, tp_size: int = 1
 ) -> dict[str, Any]:
@@ -134,8 +124,6 @@ def self_draft_server_args(
     }
     if max_running_requests is not None:
         args["max_running_requests"] = max_running_requests
-    if overlap_rounds_enabled():  # the drafter (and K=0 steps) plan without host lengths: spec_round.HostLengths
-        args["speculative_draft_attention_backend"] = "triton"
     return args
 
 

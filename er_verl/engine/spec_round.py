@@ -456,50 +456,14 @@ def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, 
     return out, emitted
 
 
-class HostLengths:
-    """Overlapped rounds (``ER_VERL_OVERLAP_ROUNDS=1``, EXPERIMENTAL: written 2026-11-25, not yet run on a GPU).
-
-    SGLang's scheduler hands a decode batch host lengths only when a backend of ``spec_v2_attn_backends`` plans
-    from them, and then waits for the previous round's publish (after its sampling) before it prepares the
-    next batch. In this mode the drafter runs on triton attention (no host lengths), the worker declares only
-    that backend, so the scheduler does not wait, and the round fetches the lengths its FlashInfer verify plan
-    needs itself: :meth:`start` queues a copy of ``batch.seq_lens`` to pinned memory on a side stream that
-    waits only for the work queued before this round; :meth:`finish` (after the draft steps were launched)
-    waits for that copy, i.e. for the previous round, while this round's drafts are already on the GPU."""
-
-    def __init__(self, device):
-        self.stream = torch.cuda.Stream(device)
-
-    def start(self, seq_lens: torch.Tensor):
-        host = torch.empty(seq_lens.shape, dtype=seq_lens.dtype, pin_memory=True)
-        self.stream.wait_stream(torch.cuda.current_stream(seq_lens.device))
-        with torch.cuda.stream(self.stream):
-            host.copy_(seq_lens, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        seq_lens.record_stream(self.stream)
-        return host, done
-
-    @staticmethod
-    def finish(batch, pending) -> None:
-        host, done = pending
-        done.synchronize()
-        batch.seq_lens_cpu, batch.seq_lens_sum = host, int(host.sum())
-
-
-def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_draft=None, host_lengths=None):
+def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_draft=None):
     """Draft K, verify K+1, sample; returns SGLang's GenerationBatchResult for this decode batch.
-    ``after_draft()`` (optional) is called between drafting and verifying (the controller's timing).
-    ``host_lengths`` (a :class:`HostLengths`, overlapped rounds): fetch the host lengths the verify plan needs
-    while the draft steps run, when the scheduler gave none."""
+    ``after_draft()`` (optional) is called between drafting and verifying (the controller's timing)."""
     s = SamplingTensors.of(batch.sampling_info)
     seq_lens = batch.seq_lens
-    pending = host_lengths.start(seq_lens) if host_lengths is not None and batch.seq_lens_cpu is None else None
     draft_tokens, draft_probs = draft_chain(worker.drafter, batch, k, s, gen)
     if after_draft is not None:
         after_draft()
-    if pending is not None:
-        HostLengths.finish(batch, pending)
     out, forward_batch, can_graph = target_verify(worker, batch, chain_verify_input(worker, batch, draft_tokens, k), k)
     logits_output = out.logits_output
     logits = logits_output.next_token_logits.view(len(seq_lens), k + 1, -1)    # [B, K+1, V]

@@ -44,7 +44,6 @@ from er_verl.engine import loader, spec_round, verify, verify_plan
 from er_verl.engine.faults import oom_in_capture
 from er_verl.engine.profile import DecodeSummary, RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
-from er_verl.engine.server_args import OVERLAP_ENV, overlap_rounds_enabled
 from er_verl.engine.weight_sync import EVENTS
 
 CONTROL_ENV = "ER_VERL_CONTROL"  # the EfficientConfig as JSON: turns the controller on (server.py sets it)
@@ -198,7 +197,6 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             self.summary.probes = lambda: self.feedback.controller.decisions["probe"]
             EVENTS.subscribe(self.feedback.controller.on_weight_sync)
         self._generator = None
-        self.host_lengths = self._overlap_rounds()
         EVENTS.subscribe(self.drafter.mark_dirty)
         report = os.environ.get(REPORT_ENV)
         if report:
@@ -253,37 +251,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
 
     @property
     def spec_v2_attn_backends(self) -> tuple:
-        """The backends whose need for host lengths SGLang's scheduler honours: the target's and the draft
-        runner's; with overlapped rounds only the draft runner's (triton: none), the round fetching the lengths
-        of its verify itself (``spec_round.HostLengths``)."""
-        draft = self._draft_worker.draft_runner.attn_backend
-        if getattr(self, "host_lengths", None) is not None:
-            return (draft,)
-        return (self.target_worker.model_runner.attn_backend, draft)
-
-    def _overlap_rounds(self):
-        """``spec_round.HostLengths`` when ``ER_VERL_OVERLAP_ROUNDS=1`` and the draft runner plans without host
-        lengths (``speculative_draft_attention_backend="triton"``), else None (with a warning if asked for).
-        Read from server_args: the draft runner's backend object does not exist yet while the worker is built."""
-        if not overlap_rounds_enabled():
-            return None
-        args = self.server_args
-        draft = args.speculative_draft_attention_backend or args.attention_backend
-        if draft != "triton":
-            print(f"er_verl[scheduler]: WARNING {OVERLAP_ENV}=1 needs a draft attention backend that plans "
-                  f"without host lengths (speculative_draft_attention_backend='triton'), not {draft!r}; "
-                  "rounds stay unoverlapped", flush=True)
-            return None
-        print("er_verl[scheduler]: overlapped rounds (EXPERIMENTAL): triton drafter, the verify fetches its lengths",
-              flush=True)
-        return spec_round.HostLengths(self.device)
-
-    def ensure_host_lengths(self, batch) -> None:
-        """Overlapped rounds: SGLang's own verify step (batches our steps do not take) plans FlashInfer from host
-        lengths, which the scheduler no longer provides: fetch them (a blocking copy; such batches are rare)."""
-        if getattr(self, "host_lengths", None) is not None and batch.seq_lens_cpu is None:
-            batch.seq_lens_cpu = batch.seq_lens.cpu()
-            batch.seq_lens_sum = int(batch.seq_lens_cpu.sum())
+        """The target's backend and the draft runner's (FlashInfer decode over the shared pool)."""
+        return (self.target_worker.model_runner.attn_backend, self._draft_worker.draft_runner.attn_backend)
 
     def round_k(self, batch) -> int:
         """K for this decode batch: ``forced_k`` when the drafter is ready and the batch is supported, else 0.
@@ -388,7 +357,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         """One shared-KV round (``spec_round.run_round``); stubs the FutureMap's draft fields like K=0."""
         self.drafter.faults.check("round")  # ER_VERL_FAULT (reliability tests): raises here when asked to
         after_draft = self.feedback.drafted if self.feedback is not None else None
-        result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha, after_draft, self.host_lengths)
+        result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha, after_draft)
         # Nothing is published before this point: a round that raised above falls back to a plain step.
         if on_publish is not None:
             on_publish(result.new_seq_lens)

@@ -35,14 +35,6 @@ def test_int4_default_from_max_draft_len(tmp_path):
     }
 
 
-def test_overlapped_rounds_put_the_drafter_on_triton(tmp_path, monkeypatch):
-    monkeypatch.setenv("ER_VERL_OVERLAP_ROUNDS", "1")
-    args = self_draft_server_args(EfficientConfig(), model_dir(tmp_path))
-    assert args["speculative_draft_attention_backend"] == "triton" and args["attention_backend"] == "flashinfer"
-    monkeypatch.setenv("ER_VERL_OVERLAP_ROUNDS", "0")
-    assert "speculative_draft_attention_backend" not in self_draft_server_args(EfficientConfig(), model_dir(tmp_path))
-
-
 def test_fp8_drafter_and_max_running_requests(tmp_path):
     args = self_draft_server_args(EfficientConfig(drafter="fp8", max_draft_len=1), model_dir(tmp_path), 256)
     assert args["speculative_draft_model_quantization"] == "fp8"

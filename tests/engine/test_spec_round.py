@@ -1,8 +1,6 @@
 """CPU tests of the shared-KV round's bookkeeping (spec_round.py) and the forced-acceptance knob (verify.py)."""
 
-import os
 import types
-from unittest import mock
 
 import pytest
 import torch
@@ -396,70 +394,3 @@ def test_every_request_of_a_batch_carries_the_tag_keys_sglang_streams():
     before = dict(reqs[0].customized_info)
     ensure_tags(reqs)  # idempotent: existing tags kept
     assert reqs[0].customized_info == before
-
-
-def test_overlapped_rounds_are_opt_in_and_need_a_triton_drafter(capsys):
-    from er_verl.engine.server_args import OVERLAP_ENV, overlap_rounds_enabled
-    from er_verl.engine.worker import SelfSpecWorkerV2
-
-    assert not overlap_rounds_enabled({}) and overlap_rounds_enabled({OVERLAP_ENV: "1"})
-    with pytest.raises(ValueError, match="ER_VERL_OVERLAP_ROUNDS='on': expected 1"):
-        overlap_rounds_enabled({OVERLAP_ENV: "on"})
-    target, flashinfer, triton = object(), types.SimpleNamespace(), types.SimpleNamespace(needs_cpu_seq_lens=False)
-    me = types.SimpleNamespace(target_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(attn_backend=target)))
-    me._draft_worker = types.SimpleNamespace(draft_runner=types.SimpleNamespace(attn_backend=flashinfer))
-    # While the worker is built the draft runner has no backend object yet: the choice comes from server_args.
-    me.server_args = types.SimpleNamespace(speculative_draft_attention_backend=None, attention_backend="flashinfer")
-    assert SelfSpecWorkerV2.spec_v2_attn_backends.fget(me) == (target, flashinfer)  # off: the scheduler waits as before
-    with mock.patch.dict(os.environ, {OVERLAP_ENV: "1"}):
-        assert SelfSpecWorkerV2._overlap_rounds(me) is None  # a FlashInfer drafter plans from host lengths
-        assert "rounds stay unoverlapped" in capsys.readouterr().out
-        me.server_args.speculative_draft_attention_backend = "triton"
-        me._draft_worker.draft_runner.attn_backend = triton
-        with mock.patch.object(spec_round, "HostLengths", lambda device: "host lengths"):
-            me.device = "cuda:0"
-            me.host_lengths = SelfSpecWorkerV2._overlap_rounds(me)
-    assert me.host_lengths == "host lengths"
-    assert SelfSpecWorkerV2.spec_v2_attn_backends.fget(me) == (triton,)  # the scheduler no longer waits
-
-
-def test_an_overlapped_round_fetches_host_lengths_after_launching_its_drafts(monkeypatch):
-    order = []
-    monkeypatch.setattr(spec_round, "draft_chain", lambda *a: order.append("drafts") or (torch.zeros(2, 1), None))
-    monkeypatch.setattr(spec_round, "chain_verify_input", lambda *a: order.append("verify input") or None)
-    class Verified(Exception):
-        pass
-
-    def verify(*args):
-        raise Verified  # the rest of the round is not under test
-
-    monkeypatch.setattr(spec_round, "target_verify", verify)
-
-    class Lengths:
-        def start(self, seq_lens):
-            order.append("start copy")
-            return torch.tensor([7, 9]), types.SimpleNamespace(synchronize=lambda: order.append("wait copy"))
-
-    batch = _batch(seq_lens=torch.tensor([7, 9]), seq_lens_cpu=None, seq_lens_sum=None)
-    info = batch.sampling_info
-    info.temperatures, info.top_ks, info.top_ps, info.min_ps = torch.ones(2, 1), None, None, None
-    info.need_top_k_sampling = info.need_top_p_sampling = info.need_min_p_sampling = False
-    with pytest.raises(Verified):
-        spec_round.run_round(types.SimpleNamespace(drafter=None), batch, 1, None, host_lengths=Lengths())
-    assert order == ["start copy", "drafts", "wait copy", "verify input"]
-    assert batch.seq_lens_cpu.tolist() == [7, 9] and batch.seq_lens_sum == 16
-    order.clear()
-    batch.seq_lens_cpu = torch.tensor([1, 2])  # the scheduler gave host lengths: nothing to fetch
-    with pytest.raises(Verified):
-        spec_round.run_round(types.SimpleNamespace(drafter=None), batch, 1, None, host_lengths=Lengths())
-    assert order == ["drafts", "verify input"]
-
-
-def test_sglangs_own_k0_step_gets_host_lengths_under_overlapped_rounds():
-    from er_verl.engine.worker import SelfSpecWorkerV2
-
-    batch = types.SimpleNamespace(seq_lens=torch.tensor([3, 4]), seq_lens_cpu=None, seq_lens_sum=None)
-    SelfSpecWorkerV2.ensure_host_lengths(types.SimpleNamespace(host_lengths=None), batch)
-    assert batch.seq_lens_cpu is None  # not overlapped: the scheduler's own lengths (or none) stand
-    SelfSpecWorkerV2.ensure_host_lengths(types.SimpleNamespace(host_lengths=object()), batch)
-    assert batch.seq_lens_cpu.tolist() == [3, 4] and batch.seq_lens_sum == 7
