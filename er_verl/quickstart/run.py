@@ -8,9 +8,10 @@ Stages (each skipped when its output exists, so a rerun resumes):
 3. GRPO: ``python -m verl.trainer.main_ppo`` once per rollout backend, same seed and data, with verl's
    console and file loggers (the JSONL is what the report reads);
 4. report: a table per backend (mean rollout ``timing_s/gen`` and step ``timing_s/step`` over the steps
-   both backends reached, after the first, final reward), the speedup, the speculation metrics verl logged for efficient_sglang,
-   ``summary.json`` and ``quickstart.png`` (reward curves; rollout time per step; the last rollout's
-   timeline: running batch size per decode call and the calls that speculated, from ``ER_VERL_TIMELINE``).
+   both backends reached, after the first, final reward), the speedup, the speculation metrics verl logged
+   for efficient_sglang, ``summary.json`` and ``quickstart.png`` (reward curves; rollout time per step; the
+   last rollout's timeline: running batch size per decode call and the calls that speculated, from
+   ``ER_VERL_TIMELINE``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def last_rollout(path: str, gap_s: float = 2.0) -> list[dict]:
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
     """Per backend: mean gen/step seconds over the steps every backend reached, leaving out the first (JIT,
-    warm-up) when there are others; last reward; speedups. A run cut short is compared on its own steps only."""
+    warm-up) when there are others; last reward; speedups. So a run cut short limits the steps compared."""
     reached = [{r["step"] for r in rows} for rows in runs.values() if rows]
     common = sorted(set.intersection(*reached)) if reached else []
     compared = set(common[1:] or common)
