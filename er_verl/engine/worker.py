@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 
 import torch
 from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode
@@ -109,6 +110,7 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         from sglang.srt.model_executor.runner.decode_cuda_graph_runner import DecodeCudaGraphRunner
         from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
+        started = time.perf_counter()
         runner = self.draft_runner
         faults = runner.loader.drafter.faults
         saved = runner.spec_algorithm, runner.model
@@ -136,7 +138,8 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         graphs = runner.decode_cuda_graph_runner
         print(f"er_verl[scheduler]: drafter decode CUDA graphs for bs {getattr(graphs, 'capture_bs', None)}"
               + (f"; target plain-decode graphs for K=0 up to bs {self.target_graphs.max_bs}"
-                 if self.target_graphs is not None else ""), flush=True)
+                 if self.target_graphs is not None else "")
+              + f" (captured in {time.perf_counter() - started:.1f} s)", flush=True)
 
     def _draft_extend_for_prefill(self, batch, target_hidden_states, next_token_ids, mm_input_embeds=None):
         """No draft prefill (it would overwrite the shared KV): the next round starts from the bonus token."""
@@ -230,6 +233,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         # Without the drafter's graphs a draft step would run eagerly, slower than the target step it saves:
         # then only K=0 is prepared (no verify graphs captured for K that will never run).
         no_drafts = getattr(self._draft_worker, "draft_graphs_failed", False)
+        started = time.perf_counter()
         for k in range(1 if no_drafts else self.speculative_num_steps):  # K = 0 (plain) .. Kmax − 1
             try:
                 with oom_in_capture(self.drafter.faults, target_model):
@@ -247,7 +251,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.apply_runtime_state(plain)
         print(f"er_verl[scheduler]: self-drafter ready ({self.drafter.kind}); decoding with K={self.forced_k} "
               f"(K usable: {self.prepared_k}; the controller speculates up to bs {self.spec_graph_max_bs}; "
-              f"forced acceptance {self.force_alpha})", flush=True)
+              f"forced acceptance {self.force_alpha}; verify states for K < Kmax built in "
+              f"{time.perf_counter() - started:.1f} s)", flush=True)
 
     @property
     def spec_v2_attn_backends(self) -> tuple:
