@@ -89,8 +89,6 @@ def forced_lengths() -> ForcedLengths | None:
         if _forced is not None:
             logger.warning("er_verl: %s=%s: response lengths are FORCED (ignore_eos, drawn max_tokens); "
                            "systems measurements only", FORCE_LEN_ENV, spec)
-            print(f"er_verl[agent_loop]: WARNING {FORCE_LEN_ENV}={spec}: response lengths are FORCED "
-                  "(ignore_eos, drawn max_tokens); systems measurements only", flush=True)
     return _forced
 
 

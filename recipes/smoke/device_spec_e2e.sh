@@ -10,7 +10,7 @@
 #            trains with plain SGD (no optimizer state, so an 8B actor fits beside SGLang on one H200). One backend
 #            per call (ROLLOUTS=efficient_sglang, then ROLLOUTS=sglang); logs and verl's metrics JSONL under $RES.
 #            At the defaults (TRAIN_BS=32 prompts x 8, MICRO=2) a step took 150-216 s and efficient_sglang's start-up
-#            ~6 min, so one 10-minute call held one step: TRAIN_BS=16 (and a larger MICRO, if memory allows) fits two.
+#            5.6 min, so one 10-minute call held one step: TRAIN_BS=16 (and a larger MICRO, if memory allows) fits two.
 # Logs go straight to $RES (default $OUT, so they come back even when a call runs past its limit).
 #   PHASE=Q QS_WORK=DIR: the quickstart's --work (default /tmp/er_qs); outputs are suffixed with its name.
 #   PHASE=S NAMES="auto always": which smoke variants to run.
