@@ -205,43 +205,6 @@ def plain_k0_enabled(environ=None) -> bool:
     return raw == "1"
 
 
-DRAFT_DECODE_TC_ENV = "ER_VERL_DRAFT_DECODE_TENSOR_CORES"  # "0" (default) or "1"
-
-
-def draft_decode_tensor_cores(environ=None) -> bool:
-    """``ER_VERL_DRAFT_DECODE_TENSOR_CORES``: whether the drafter's FlashInfer decode attention runs on tensor
-    cores. SGLang turns them on for GQA >= 4 (Qwen3-8B), which the target's K=0 steps keep, as plain SGLang.
-    For the draft steps off measured faster on the H200 (8B shape, K=4, forced alpha 0.9, one host:
-    190 / 1198 / 2701 -> 195 / 1253 / 3078 tok/s at bs 1 / 8 / 32, with both decodes switched by SGLang's
-    own variable; ``results/issue4_draft_decode_tc_h200.json``), so off is the default."""
-    raw = (environ if environ is not None else os.environ).get(DRAFT_DECODE_TC_ENV, "").strip() or "0"
-    if raw not in ("0", "1"):
-        raise ValueError(f"{DRAFT_DECODE_TC_ENV}={raw!r}: expected 0 (drafter decode without tensor cores) or 1")
-    return raw == "1"
-
-
-def set_decode_tensor_cores(backend, on: bool) -> bool:
-    """Point a FlashInfer backend's decode attention at tensor cores or not: its eager decode wrappers are
-    rebuilt now, and the CUDA-graph wrappers read the flag when they are captured (call before capture).
-    False, and nothing changed, when ``backend`` is not SGLang's FlashInfer backend or runs deterministic
-    inference (which needs tensor cores)."""
-    from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend
-
-    if not isinstance(backend, FlashInferAttnBackend) or getattr(backend, "enable_deterministic", False):
-        return False
-    if backend.decode_use_tensor_cores == on:
-        return True
-    from flashinfer import BatchDecodeWithPagedKVCacheWrapper
-
-    backend.decode_use_tensor_cores = on
-    backend.decode_wrappers = [
-        BatchDecodeWithPagedKVCacheWrapper(backend.workspace_buffer, "NHD", backend=backend.decode_backend,
-                                           use_tensor_cores=on)
-        for _ in backend.decode_wrappers
-    ]
-    return True
-
-
 PLAIN_GRAPH_MAX_BS_ENV = "ER_VERL_PLAIN_GRAPH_MAX_BS"
 
 

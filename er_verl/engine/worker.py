@@ -117,10 +117,6 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         runner.spec_algorithm = SpeculativeAlgorithm.NONE
         self.target_graphs = None
         try:
-            tensor_cores = spec_round.draft_decode_tensor_cores()
-            attention = ""
-            if spec_round.set_decode_tensor_cores(runner.attn_backend, tensor_cores):
-                attention = f", FlashInfer decode {'with' if tensor_cores else 'without'} tensor cores"
             try:
                 with oom_in_capture(faults, runner.model):
                     runner.init_decode_cuda_graph()
@@ -141,7 +137,6 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
             runner.spec_algorithm, runner.model = saved
         graphs = runner.decode_cuda_graph_runner
         print(f"er_verl[scheduler]: drafter decode CUDA graphs for bs {getattr(graphs, 'capture_bs', None)}"
-              + attention
               + (f"; target plain-decode graphs for K=0 up to bs {self.target_graphs.max_bs}"
                  if self.target_graphs is not None else "")
               + f" (captured in {time.perf_counter() - started:.1f} s)", flush=True)

@@ -338,35 +338,6 @@ def test_plain_k0_is_on_by_default_and_checked():
         plain_k0_enabled({"ER_VERL_PLAIN_K0": "yes"})
 
 
-def test_draft_decode_tensor_cores_is_off_by_default_and_checked():
-    from er_verl.engine.spec_round import DRAFT_DECODE_TC_ENV, draft_decode_tensor_cores
-
-    assert draft_decode_tensor_cores({}) is False and draft_decode_tensor_cores({DRAFT_DECODE_TC_ENV: "1"}) is True
-    with pytest.raises(ValueError, match="ER_VERL_DRAFT_DECODE_TENSOR_CORES='on'"):
-        draft_decode_tensor_cores({DRAFT_DECODE_TC_ENV: "on"})
-
-
-def test_set_decode_tensor_cores_rebuilds_only_a_flashinfer_backends_decode_wrappers(monkeypatch):
-    fib = pytest.importorskip("sglang.srt.layers.attention.flashinfer_backend")
-    import flashinfer
-
-    from er_verl.engine.spec_round import set_decode_tensor_cores
-
-    made = []
-    monkeypatch.setattr(flashinfer, "BatchDecodeWithPagedKVCacheWrapper",
-                        lambda *args, **kw: made.append((args, kw)) or ("wrapper", kw["use_tensor_cores"]))
-    backend = fib.FlashInferAttnBackend.__new__(fib.FlashInferAttnBackend)  # no GPU: only the fields it reads
-    backend.decode_use_tensor_cores, backend.enable_deterministic = True, False
-    backend.workspace_buffer, backend.decode_backend, backend.decode_wrappers = "ws", "fa2", ["old"]
-    assert set_decode_tensor_cores(backend, False)
-    assert backend.decode_use_tensor_cores is False and backend.decode_wrappers == [("wrapper", False)]
-    assert made == [(("ws", "NHD"), {"backend": "fa2", "use_tensor_cores": False})]
-    assert set_decode_tensor_cores(backend, False) and len(made) == 1  # already so: nothing rebuilt
-    backend.enable_deterministic = True  # deterministic inference needs tensor cores: left alone
-    assert not set_decode_tensor_cores(backend, True) and backend.decode_use_tensor_cores is False
-    assert not set_decode_tensor_cores(object(), False)  # not FlashInfer (e.g. triton): untouched
-
-
 def test_plain_graph_max_bs_extends_the_k0_graph_list_only_while_capturing():
     from types import SimpleNamespace
 
