@@ -1,6 +1,6 @@
 """``er-verl bench decode``: decode tokens/s of plain SGLang, stock STANDALONE (fp8 copy) and er_verl.
 
-One run, the same prompts for every engine: ``plain`` (SGLang, no speculation), ``stock`` (SGLang's
+One command, the same prompts (seeded) for every engine, each engine in its own process: ``plain`` (SGLang, no speculation), ``stock`` (SGLang's
 STANDALONE with the checkpoint itself as an fp8 draft, acceptance simulated by SGLang's
 ``SGLANG_SIMULATE_ACC_LEN``), and ``ours`` (the self-drafter, K per request via ``custom_params["er_k"]``,
 acceptance forced to α per request via ``custom_params["er_force_alpha"]`` under the launch opt-in
@@ -214,8 +214,14 @@ def run(args, argv) -> dict:
             report = json.load(f)
     report["environment"] = environment(args, argv)
     done = {key(r) for r in report["rows"]}
+    kinds = [kind for kind in args.engines if any(key(p) not in done for p in points(kind, args))]
+    if len(kinds) > 1:
+        report = run_each_in_a_process(kinds, argv, args.out)
+        report["environment"] = environment(args, argv)
+        save(args.out, report)
+        return report
     prompt_ids = prompts(args)
-    for kind in args.engines:
+    for kind in kinds:
         todo = [p for p in points(kind, args) if key(p) not in done]
         if not todo:
             continue
@@ -235,6 +241,26 @@ def run(args, argv) -> dict:
             engine.shutdown()
     save(args.out, report)
     return report
+
+
+def run_each_in_a_process(kinds: list[str], argv: list[str], out: str, runner=None) -> dict:
+    """Every engine kind in a fresh process (this command with ``--engines kind``), one after another, all
+    writing to ``out``. In one process, an engine measured after another one ran slower on the H200: ours at
+    K=0 (the target's own decode graph) 160-169 tok/s at bs 1 after plain SGLang's engine had been shut down,
+    182-184 alone; ours at K=4, forced alpha 0.9: 178 / 1064 / 2686 tok/s at bs 1 / 8 / 32 after it, 197 /
+    1244 / 3104 alone (``results/issue4_draft_decode_tc_h200.json``)."""
+    import subprocess
+
+    runner = runner or subprocess.run
+    for kind in kinds:
+        command = [sys.executable, "-m", "er_verl.bench.decode", *argv, "--engines", kind]
+        print(f"bench decode: {kind} in its own process", flush=True)
+        finished = runner(command)
+        if finished.returncode:
+            raise RuntimeError(f"bench decode: the {kind} engine's process exited with {finished.returncode}; "
+                               f"the points measured so far are in {out} (a rerun resumes)")
+    with open(out) as f:
+        return json.load(f)
 
 
 def make_config(shape: str, vocab: int, context: int = 4096) -> str:

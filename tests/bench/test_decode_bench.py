@@ -1,6 +1,7 @@
 """er-verl bench decode without a GPU: argument checks, the point plan, the summary, the plot, resume."""
 
 import json
+import types
 
 import pytest
 
@@ -50,3 +51,23 @@ def test_summary_plot_and_resume(tmp_path):
     done = {decode.key(r) for r in saved["rows"]}
     assert [p for p in decode.points("ours", args) if decode.key(p) not in done] == [
         dict(engine="ours", bs=1, label=None, k=0, alpha=None)]
+
+
+def test_several_engines_run_one_process_each_and_a_failure_says_where_the_results_are(tmp_path):
+    out = tmp_path / "b.json"
+    report = {"rows": [dict(engine="plain", k=0, alpha=None, bs=1, tok_s=100.0)]}
+    decode.save(str(out), report)
+    calls = []
+
+    def runner(command):
+        calls.append(command)
+        return types.SimpleNamespace(returncode=0)
+
+    argv = ["--bs", "1", "--k", "2", "--alpha", "0.9", "--out", str(out)]
+    got = decode.run_each_in_a_process(["plain", "ours"], argv, str(out), runner=runner)
+    assert got["rows"] == report["rows"]
+    assert [c[1:3] for c in calls] == [["-m", "er_verl.bench.decode"]] * 2
+    assert [c[3:] for c in calls] == [argv + ["--engines", "plain"], argv + ["--engines", "ours"]]
+    assert decode.parse(calls[1][3:]).engines == ["ours"]  # the last --engines wins
+    with pytest.raises(RuntimeError, match="ours engine's process exited with 3.*a rerun resumes"):
+        decode.run_each_in_a_process(["ours"], argv, str(out), runner=lambda c: types.SimpleNamespace(returncode=3))
