@@ -1,11 +1,11 @@
 """``er-verl bench decode``: decode tokens/s of plain SGLang, stock STANDALONE (fp8 copy) and er_verl.
 
-One command, the same prompts (seeded) for every engine, each engine in its own process: ``plain`` (SGLang, no speculation), ``stock`` (SGLang's
-STANDALONE with the checkpoint itself as an fp8 draft, acceptance simulated by SGLang's
-``SGLANG_SIMULATE_ACC_LEN``), and ``ours`` (the self-drafter, K per request via ``custom_params["er_k"]``,
-acceptance forced to α per request via ``custom_params["er_force_alpha"]`` under the launch opt-in
-``ER_VERL_FORCE_ACCEPT``). Random-weight models accept almost nothing, so α is forced: every row of
-``ours`` with α set is tagged ``forced_alpha`` and is a systems measurement, not a quality result.
+One command, the same (seeded) prompts for every engine, each engine in its own process: ``plain`` (SGLang, no
+speculation), ``stock`` (SGLang's STANDALONE with the checkpoint itself as an fp8 draft, acceptance simulated
+by SGLang's ``SGLANG_SIMULATE_ACC_LEN``), and ``ours`` (the self-drafter, K per request via
+``custom_params["er_k"]``, acceptance forced to α per request via ``custom_params["er_force_alpha"]`` under
+the launch opt-in ``ER_VERL_FORCE_ACCEPT``). Random-weight models accept almost nothing, so α is forced: every
+row of ``ours`` with α set is tagged ``forced_alpha`` and is a systems measurement, not a quality result.
 
 tok/s = generated tokens / wall time of one ``Engine.generate`` over the whole batch (prefill
 included, as in ../shared/design/measurements.md). The JSON is rewritten after every point, and a
@@ -207,19 +207,19 @@ def run(args, argv) -> dict:
     import sglang
     from tqdm import tqdm
 
-    model_path = args.model or make_config(args.shape, args.vocab)
     report = {"rows": []}
     if os.path.exists(args.out):
         with open(args.out) as f:
             report = json.load(f)
-    report["environment"] = environment(args, argv)
     done = {key(r) for r in report["rows"]}
     kinds = [kind for kind in args.engines if any(key(p) not in done for p in points(kind, args))]
     if len(kinds) > 1:
         report = run_each_in_a_process(kinds, argv, args.out)
-        report["environment"] = environment(args, argv)
+    report["environment"] = environment(args, argv)
+    if len(kinds) > 1:
         save(args.out, report)
         return report
+    model_path = args.model or make_config(args.shape, args.vocab)
     prompt_ids = prompts(args)
     for kind in kinds:
         todo = [p for p in points(kind, args) if key(p) not in done]
