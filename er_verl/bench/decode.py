@@ -149,14 +149,17 @@ def environment(args, argv, tool: str = "decode") -> dict:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Speed-up of every row over plain at the same bs, and the best K per (α, bs) for ours."""
-    plain = {r["bs"]: r["tok_s"] for r in rows if r["engine"] == "plain" and not r.get("label")}
+    """Speed-up of every row over plain at the same bs (plain of the row's own label when that run measured one,
+    else the unlabelled plain), and the best K per (α, bs) for ours (the key names a label when there is one)."""
+    plain = {(r.get("label"), r["bs"]): r["tok_s"] for r in rows if r["engine"] == "plain"}
     best: dict = {}
     for r in rows:
-        if r["bs"] in plain:
-            r["speedup_vs_plain"] = r["tok_s"] / plain[r["bs"]]
+        base = plain.get((r.get("label"), r["bs"]), plain.get((None, r["bs"])))
+        if base is not None:
+            r["speedup_vs_plain"] = r["tok_s"] / base
         if r["engine"] == "ours" and r["k"] > 0 and "speedup_vs_plain" in r:
-            slot = f"alpha={r['alpha']}", r["bs"]
+            alpha = f"alpha={r['alpha']}" + (f" [{r['label']}]" if r.get("label") else "")
+            slot = alpha, r["bs"]
             if slot not in best or r["speedup_vs_plain"] > best[slot]["speedup_vs_plain"]:
                 best[slot] = dict(k=r["k"], speedup_vs_plain=r["speedup_vs_plain"], tok_s=r["tok_s"])
     out: dict = {}

@@ -155,11 +155,15 @@ class TorchWindows:
     calls (default 20), then run ``torch.profiler`` over the next COUNT (default 10) and write
     ``DIR/torchprof_k{K}_bs{B}.txt`` (wall ms per call; the top ops by GPU and by CPU self time) and a gzipped
     chrome trace beside it. One window at a time; a window cut short by another (K, bs) is written as is.
-    For finding where a round's time goes on the GPU host; costs nothing when the variable is unset."""
+    With ``ER_VERL_PY_PROFILE`` instead, the same windows run cProfile over the scheduler thread and write
+    ``DIR/pyprof_k{K}_bs{B}.txt`` (where the host's Python goes). For finding where a round's time goes on the
+    GPU host; costs nothing when the variables are unset."""
 
-    def __init__(self, directory: str, skip: int = 20, count: int = 10, clock=time.perf_counter, writer=None):
-        self.directory, self.skip, self.count, self.clock = directory, skip, count, clock
+    def __init__(self, directory: str, skip: int = 20, count: int = 10, clock=time.perf_counter, writer=None,
+                 starter=None, prefix: str = "torchprof"):
+        self.directory, self.skip, self.count, self.clock, self.prefix = directory, skip, count, clock, prefix
         self.writer = writer or _write_window  # (base path, profiler, calls, wall ms) -> None
+        self.starter = starter if starter is not None else (_torch_profiler if writer is None else None)
         self.seen: dict = defaultdict(int)
         self.done: set = set()
         self.active = None  # (key, profiler, t0, calls)
@@ -170,7 +174,7 @@ class TorchWindows:
             self._finish()
         self.seen[key] += 1
         if self.active is None and key not in self.done and self.seen[key] > self.skip:
-            prof = _torch_profiler() if self.writer is _write_window else None
+            prof = self.starter() if self.starter is not None else None
             self.active = [key, prof, self.clock(), 0]
 
     def after(self) -> None:
@@ -184,14 +188,14 @@ class TorchWindows:
         (k, bs), prof, t0, calls = self.active
         self.active = None
         self.done.add((k, bs))
-        if prof is not None:
+        if prof is not None and self.starter is _torch_profiler:
             import torch
 
             torch.cuda.synchronize()
         wall = (self.clock() - t0) * 1e3 / max(calls, 1)
-        base = os.path.join(self.directory, f"torchprof_k{k}_bs{bs}")
+        base = os.path.join(self.directory, f"{self.prefix}_k{k}_bs{bs}")
         self.writer(base, prof, (k, bs, calls, wall))
-        print(f"er_verl[profile] torch window K={k} bs={bs}: {calls} calls, {wall:.2f} ms/call -> {base}.txt",
+        print(f"er_verl[profile] {self.prefix} window K={k} bs={bs}: {calls} calls, {wall:.2f} ms/call -> {base}.txt",
               flush=True)
 
 
@@ -226,13 +230,52 @@ def _write_window(base: str, prof, window: tuple) -> None:
     os.remove(base + ".json")
 
 
+PY_PROFILE_ENV = "ER_VERL_PY_PROFILE"  # "DIR[:SKIP:COUNT]": cProfile windows per (K, bs), the host's Python
+
+
+def _py_profiler():
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof
+
+
+def _write_py_window(base: str, prof, window: tuple) -> None:
+    """Stop ``prof``; write ``base.txt``: the scheduler thread's Python over the window (our decode calls and
+    SGLang's scheduling between them), by cumulative and by own time, per call."""
+    import io
+    import pstats
+
+    k, bs, calls, wall = window
+    prof.disable()
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    text = io.StringIO()
+    text.write(f"K={k} bs={bs} calls={calls} wall_ms_per_call={wall:.3f} (cProfile; times are totals over the "
+               f"{calls} calls, inflated by the profiler)\n")
+    for sort, rows in (("cumulative", 70), ("tottime", 40)):
+        text.write(f"--- sorted by {sort}\n")
+        pstats.Stats(prof, stream=text).sort_stats(sort).print_stats(rows)
+    with open(base + ".txt", "w") as f:
+        f.write(text.getvalue())
+
+
 def torch_windows_from_env(environ=os.environ):
-    raw = environ.get(TORCH_PROFILE_ENV, "").strip()
-    if not raw:
+    """``ER_VERL_TORCH_PROFILE`` (torch.profiler) or ``ER_VERL_PY_PROFILE`` (cProfile of the scheduler thread):
+    the same windows, one kind per launch."""
+    found = [(name, environ.get(name, "").strip()) for name in (TORCH_PROFILE_ENV, PY_PROFILE_ENV)]
+    found = [(name, raw) for name, raw in found if raw]
+    if not found:
         return None
+    if len(found) > 1:
+        raise ValueError(f"{TORCH_PROFILE_ENV} and {PY_PROFILE_ENV} are both set: profile one kind per launch")
+    name, raw = found[0]
     directory, *rest = raw.split(":")
     if len(rest) not in (0, 2) or not all(r.isdigit() for r in rest):
-        raise ValueError(f"{TORCH_PROFILE_ENV}={raw!r}: expected DIR or DIR:SKIP:COUNT (decode calls)")
+        raise ValueError(f"{name}={raw!r}: expected DIR or DIR:SKIP:COUNT (decode calls)")
+    if name == PY_PROFILE_ENV:
+        return TorchWindows(directory, *(int(r) for r in rest), writer=_write_py_window, starter=_py_profiler,
+                            prefix="pyprof")
     return TorchWindows(directory, *(int(r) for r in rest))
 
 

@@ -40,11 +40,15 @@ def test_summary_plot_and_resume(tmp_path):
     rows = [dict(engine="plain", k=0, alpha=None, bs=1, tok_s=100.0),
             dict(engine="ours", k=2, alpha=0.9, bs=1, tok_s=150.0),
             dict(engine="ours", k=4, alpha=0.9, bs=1, tok_s=120.0),
-            dict(engine="plain", k=0, alpha=None, bs=1, tok_s=50.0, label="variant")]
+            dict(engine="plain", k=0, alpha=None, bs=1, tok_s=50.0, label="variant"),
+            dict(engine="ours", k=3, alpha=0.9, bs=1, tok_s=60.0, label="variant"),   # against the variant's plain
+            dict(engine="ours", k=3, alpha=0.9, bs=1, tok_s=80.0, label="solo")]      # no plain of its own
     report = {"rows": rows, "environment": {"shape": "qwen3-8b", "gpu": "x"}}
     decode.save(str(out), report)
     saved = json.loads(out.read_text())
-    assert saved["best_k"] == {"alpha=0.9": {"1": {"k": 2, "speedup_vs_plain": 1.5, "tok_s": 150.0}}}
+    assert saved["best_k"] == {"alpha=0.9": {"1": {"k": 2, "speedup_vs_plain": 1.5, "tok_s": 150.0}},
+                               "alpha=0.9 [solo]": {"1": {"k": 3, "speedup_vs_plain": 0.8, "tok_s": 80.0}},
+                               "alpha=0.9 [variant]": {"1": {"k": 3, "speedup_vs_plain": 1.2, "tok_s": 60.0}}}
     decode.plot(saved, str(tmp_path / "b.png"))
     assert (tmp_path / "b.png").stat().st_size > 1000
     args = decode.parse(["--bs", "1", "--k", "2,4", "--alpha", "0.9", "--out", str(out)])

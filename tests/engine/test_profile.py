@@ -100,6 +100,30 @@ def test_torch_windows_profile_each_k_and_bs_once_after_skipping():
         torch_windows_from_env({"ER_VERL_TORCH_PROFILE": "/x:5"})
 
 
+def test_python_profile_windows_write_the_scheduler_threads_hot_functions(tmp_path):
+    """ER_VERL_PY_PROFILE: the same windows as the torch ones, written as cProfile tables of what ran between
+    the first profiled call's start and the last one's end (our calls and the scheduling between them)."""
+    from er_verl.engine.profile import torch_windows_from_env
+
+    w = torch_windows_from_env({"ER_VERL_PY_PROFILE": f"{tmp_path}:1:2"})
+
+    def busy_host_work():
+        return sum(i * i for i in range(20000))
+
+    for _ in range(4):
+        w.before(4, 1)
+        busy_host_work()
+        w.after()
+    text = (tmp_path / "pyprof_k4_bs1.txt").read_text()
+    assert text.startswith("K=4 bs=1 calls=2 ")
+    assert "sorted by cumulative" in text and "sorted by tottime" in text
+    assert "busy_host_work" in text
+    with pytest.raises(ValueError, match="both set"):
+        torch_windows_from_env({"ER_VERL_PY_PROFILE": "/x", "ER_VERL_TORCH_PROFILE": "/y"})
+    with pytest.raises(ValueError, match="ER_VERL_PY_PROFILE='/x:1'"):
+        torch_windows_from_env({"ER_VERL_PY_PROFILE": "/x:1"})
+
+
 class _Mode:
     def __init__(self, decode):
         self.decode = decode
