@@ -2,13 +2,13 @@
 
 ``ER_VERL_PROFILE_EVERY=N`` makes the self-draft worker print, every N decode calls, one line per K:
 
-    er_verl[profile] K=4 calls=200 gpu_ms=12.1 host_ms=3.4 gap_ms=6.0 target_graph=1.00 draft_graph=1.00
+    er_verl[profile] K=4 calls=200 gpu_ms=12.1 host_ms=3.4 gap_ms=6.0 target_graph=1.00 draft_graph=1.00 idle_ms=0.9 prelaunch_ms=1.1
 
 gpu_ms: GPU time of the call (CUDA events around it: drafting, verify, sampling); host_ms: Python time
 inside the call; gap_ms: host time between the end of one call and the start of the next (the
 scheduler: batch preparation, result processing, waiting on the previous step); target_graph: share
-of calls whose verify replayed a CUDA graph; draft_graph: share of draft forwards that did. Reading
-events costs one synchronize per report, nothing per step.
+of calls whose verify replayed a CUDA graph; draft_graph: share of draft forwards that did; idle_ms and
+prelaunch_ms: see :class:`RoundProfiler`. Reading events costs one synchronize per report, nothing per step.
 """
 
 from __future__ import annotations
@@ -30,30 +30,43 @@ def profile_every(environ=os.environ) -> int:
 
 
 class RoundProfiler:
-    """Collects (K, events, host times, graph use) per decode call; prints a per-K summary every N."""
+    """Collects (K, events, host times, graph use) per decode call; prints a per-K summary every N.
+
+    Two more columns locate the GPU's idle time between calls: ``idle_ms``, the GPU time from the previous call's
+    end event to this call's start event (the GPU had drained and waited for the scheduler; ~0 when this call was
+    queued while the GPU was still busy), and ``prelaunch_ms``, the host time from this call's start until its
+    first forward (a CUDA graph replay, or an eager forward's kernels) was launched (:meth:`launched`; "-" when no call of that K reported one). While the GPU is
+    drained, idle_ms + prelaunch_ms is roughly its idle time per call."""
 
     def __init__(self, every: int, event_factory=None, clock=time.perf_counter, out=print):
         self.every, self.clock, self.out = every, clock, out
         self.event_factory = event_factory or _cuda_event
         self.pending: list = []
         self.last_end = None
+        self.last_stop = None  # the previous call's end event
         self._open = None
 
     def begin(self, draft_steps: int, draft_graphs: int) -> None:
         start = self.event_factory()
         now = self.clock()
         gap = None if self.last_end is None else (now - self.last_end) * 1e3
-        self._open = (start, now, gap, draft_steps, draft_graphs)
+        self._open = dict(start=start, t0=now, gap=gap, steps0=draft_steps, graphs0=draft_graphs,
+                          idle_from=self.last_stop, prelaunch=None)
+
+    def launched(self) -> None:
+        """The call's first forward was just launched (later marks in the same decode call are ignored)."""
+        if self._open is not None and self._open["prelaunch"] is None:
+            self._open["prelaunch"] = (self.clock() - self._open["t0"]) * 1e3
 
     def end(self, k: int, target_graph: bool, draft_steps: int, draft_graphs: int) -> None:
         if self._open is None:
             return
-        start, t0, gap, steps0, graphs0 = self._open
-        self._open = None
+        row, self._open = self._open, None
         stop = self.event_factory()
-        self.last_end = self.clock()
-        self.pending.append((k, start, stop, (self.last_end - t0) * 1e3, gap, bool(target_graph),
-                             draft_steps - steps0, draft_graphs - graphs0))
+        self.last_end, self.last_stop = self.clock(), stop
+        row.update(k=k, stop=stop, host=(self.last_end - row["t0"]) * 1e3, target_graph=bool(target_graph),
+                   steps=draft_steps - row["steps0"], graphs=draft_graphs - row["graphs0"])
+        self.pending.append(row)
         if len(self.pending) >= self.every:
             self.report()
 
@@ -61,24 +74,28 @@ class RoundProfiler:
         """Print and return {K: summary}; synchronizes on the last event once."""
         if not self.pending:
             return {}
-        self.pending[-1][2].synchronize()
+        self.pending[-1]["stop"].synchronize()
         rows = defaultdict(list)
         for row in self.pending:
-            rows[row[0]].append(row)
+            rows[row["k"]].append(row)
         summary = {}
         for k, rs in sorted(rows.items()):
-            gaps = [r[4] for r in rs if r[4] is not None]
-            drafts = sum(r[6] for r in rs)
-            summary[k] = dict(
-                calls=len(rs), gpu_ms=sum(r[1].elapsed_time(r[2]) for r in rs) / len(rs),
-                host_ms=sum(r[3] for r in rs) / len(rs), gap_ms=sum(gaps) / len(gaps) if gaps else 0.0,
-                target_graph=sum(r[5] for r in rs) / len(rs),
-                draft_graph=sum(r[7] for r in rs) / drafts if drafts else None,
+            gaps = [r["gap"] for r in rs if r["gap"] is not None]
+            idles = [r["idle_from"].elapsed_time(r["start"]) for r in rs if r["idle_from"] is not None]
+            prelaunch = [r["prelaunch"] for r in rs if r["prelaunch"] is not None]
+            drafts = sum(r["steps"] for r in rs)
+            summary[k] = s = dict(
+                calls=len(rs), gpu_ms=sum(r["start"].elapsed_time(r["stop"]) for r in rs) / len(rs),
+                host_ms=sum(r["host"] for r in rs) / len(rs), gap_ms=sum(gaps) / len(gaps) if gaps else 0.0,
+                target_graph=sum(r["target_graph"] for r in rs) / len(rs),
+                draft_graph=sum(r["graphs"] for r in rs) / drafts if drafts else None,
+                idle_ms=sum(idles) / len(idles) if idles else None,
+                prelaunch_ms=sum(prelaunch) / len(prelaunch) if prelaunch else None,
             )
-            s = summary[k]
-            draft = "-" if s["draft_graph"] is None else f"{s['draft_graph']:.2f}"
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
             self.out(f"er_verl[profile] K={k} calls={s['calls']} gpu_ms={s['gpu_ms']:.2f} host_ms={s['host_ms']:.2f} "
-                     f"gap_ms={s['gap_ms']:.2f} target_graph={s['target_graph']:.2f} draft_graph={draft}")
+                     f"gap_ms={s['gap_ms']:.2f} target_graph={s['target_graph']:.2f} draft_graph={fmt(s['draft_graph'])} "
+                     f"idle_ms={fmt(s['idle_ms'])} prelaunch_ms={fmt(s['prelaunch_ms'])}")
         self.pending.clear()
         return summary
 

@@ -157,8 +157,9 @@ class SamplingTensors:
         return cls(info.temperatures.view(-1), info.top_ks, info.top_ps, info.min_ps, need)
 
 
-def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Generator):
-    """K drafter DECODE steps on the shared KV: (tokens [B, K] int64, q [B, K, V] fp32). See module doc."""
+def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Generator, on_launch=None):
+    """K drafter DECODE steps on the shared KV: (tokens [B, K] int64, q [B, K, V] fp32). See module doc.
+    ``on_launch()`` (optional) is called once the first step's forward is launched (the profiler's mark)."""
     from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch
 
     runner = drafter.runner
@@ -170,6 +171,8 @@ def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Ge
         _set_decode_step(step, batch, token, slots[i], i + 1)
         step.capture_hidden_mode = CaptureHiddenMode.NULL
         logits = drafter.forward(ForwardBatch.init_new(step, runner)).next_token_logits  # [B, V]
+        if i == 0 and on_launch is not None:
+            on_launch()
         token, q = verify.draft_sample(logits, sampling.temperature, sampling.top_k, sampling.top_p,
                                        sampling.min_p, gen, sampling.need_filter)
         tokens.append(token)
@@ -265,6 +268,9 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
             graphs.attn_backend.init_forward_metadata(forward_batch)
             target = worker.target_worker.model_runner.model
             logits_output = target.forward(forward_batch.input_ids, forward_batch.positions, forward_batch)
+    profiler = getattr(worker, "profiler", None)
+    if profiler is not None:
+        profiler.launched()
     s = SamplingTensors.of(batch.sampling_info)
     token, _ = verify.draft_sample(logits_output.next_token_logits, s.temperature, s.top_k, s.top_p, s.min_p,
                                    gen, s.need_filter)
@@ -461,7 +467,9 @@ def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_dra
     ``after_draft()`` (optional) is called between drafting and verifying (the controller's timing)."""
     s = SamplingTensors.of(batch.sampling_info)
     seq_lens = batch.seq_lens
-    draft_tokens, draft_probs = draft_chain(worker.drafter, batch, k, s, gen)
+    profiler = getattr(worker, "profiler", None)
+    draft_tokens, draft_probs = draft_chain(worker.drafter, batch, k, s, gen,
+                                            profiler.launched if profiler is not None else None)
     if after_draft is not None:
         after_draft()
     out, forward_batch, can_graph = target_verify(worker, batch, chain_verify_input(worker, batch, draft_tokens, k), k)

@@ -44,7 +44,27 @@ def test_summary_per_k_with_gpu_host_gap_and_graph_shares():
     assert len(lines) == 2 and lines[0].startswith("er_verl[profile] K=0 calls=2 gpu_ms=6.00")
     assert "K=4 calls=1 gpu_ms=12.00 host_ms=3.00 gap_ms=2.00 target_graph=0.00 draft_graph=0.75" in lines[1]
     assert "gap_ms=4.00" in lines[0] and "draft_graph=-" in lines[0]  # the first call has no gap
+    assert lines[1].endswith("idle_ms=0.00 prelaunch_ms=-")
     assert prof.pending == [] and prof.report() == {}
+
+
+def test_idle_before_a_call_and_host_time_to_its_first_launch():
+    """idle_ms: GPU time from the previous call's end event to this call's start event (the GPU waited for the
+    scheduler); prelaunch_ms: host time from the call's start to its first launch (a second mark is ignored)."""
+    now = {"t": 0.0}
+    gpu = {"t": 0.0}
+    lines = []
+    prof = RoundProfiler(every=2, event_factory=lambda: FakeEvent(gpu["t"]), clock=lambda: now["t"],
+                         out=lines.append)
+    prof.begin(0, 0); gpu["t"] += 20; now["t"] += 0.005; prof.end(4, True, 4, 4)
+    gpu["t"] += 2.5                                      # the GPU drained and idled 2.5 ms before the next call
+    prof.begin(4, 4)
+    now["t"] += 0.0012; prof.launched()
+    now["t"] += 0.003; prof.launched()                   # ignored: not the first launch
+    gpu["t"] += 20; prof.end(4, True, 8, 8)
+    assert lines == ["er_verl[profile] K=4 calls=2 gpu_ms=20.00 host_ms=4.60 gap_ms=0.00 target_graph=1.00 "
+                     "draft_graph=1.00 idle_ms=2.50 prelaunch_ms=1.20"]
+    prof.launched()                                      # outside a call: nothing to mark
 
 
 def test_timeline_appends_json_lines_in_batches(tmp_path):
