@@ -2,7 +2,8 @@
 
 ``ER_VERL_PROFILE_EVERY=N`` makes the self-draft worker print, every N decode calls, one line per K:
 
-    er_verl[profile] K=4 calls=200 gpu_ms=12.1 host_ms=3.4 gap_ms=6.0 target_graph=1.00 draft_graph=1.00 idle_ms=0.9 prelaunch_ms=1.1
+    er_verl[profile] K=4 calls=200 gpu_ms=12.1 host_ms=3.4 gap_ms=6.0 target_graph=1.00 draft_graph=1.00
+        idle_ms=0.9 prelaunch_ms=1.1
 
 gpu_ms: GPU time of the call (CUDA events around it: drafting, verify, sampling); host_ms: Python time
 inside the call; gap_ms: host time between the end of one call and the start of the next (the
@@ -35,8 +36,9 @@ class RoundProfiler:
     Two more columns locate the GPU's idle time between calls: ``idle_ms``, the GPU time from the previous call's
     end event to this call's start event (the GPU had drained and waited for the scheduler; ~0 when this call was
     queued while the GPU was still busy), and ``prelaunch_ms``, the host time from this call's start until its
-    first forward (a CUDA graph replay, or an eager forward's kernels) was launched (:meth:`launched`; "-" when no call of that K reported one). While the GPU is
-    drained, idle_ms + prelaunch_ms is roughly its idle time per call."""
+    first forward (a CUDA graph replay, or an eager forward's kernels) was launched (:meth:`launched`; "-" when
+    no call of that K reported one). While the GPU is drained, idle_ms + prelaunch_ms is roughly its idle time
+    per call."""
 
     def __init__(self, every: int, event_factory=None, clock=time.perf_counter, out=print):
         self.every, self.clock, self.out = every, clock, out
@@ -94,8 +96,9 @@ class RoundProfiler:
             )
             fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
             self.out(f"er_verl[profile] K={k} calls={s['calls']} gpu_ms={s['gpu_ms']:.2f} host_ms={s['host_ms']:.2f} "
-                     f"gap_ms={s['gap_ms']:.2f} target_graph={s['target_graph']:.2f} draft_graph={fmt(s['draft_graph'])} "
-                     f"idle_ms={fmt(s['idle_ms'])} prelaunch_ms={fmt(s['prelaunch_ms'])}")
+                     f"gap_ms={s['gap_ms']:.2f} target_graph={s['target_graph']:.2f} "
+                     f"draft_graph={fmt(s['draft_graph'])} idle_ms={fmt(s['idle_ms'])} "
+                     f"prelaunch_ms={fmt(s['prelaunch_ms'])}")
         self.pending.clear()
         return summary
 
@@ -260,7 +263,7 @@ def _py_profiler():
 
 def _write_py_window(base: str, prof, window: tuple) -> None:
     """Stop ``prof``; write ``base.txt``: the scheduler thread's Python over the window (our decode calls and
-    SGLang's scheduling between them), by cumulative and by own time, per call."""
+    SGLang's scheduling between them), by cumulative and by own time (totals over the window's calls)."""
     import io
     import pstats
 

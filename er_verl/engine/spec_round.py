@@ -78,6 +78,34 @@ def round_fields(output_tokens: torch.Tensor,  # [B, K+1] int64, −1-padded (sa
     )
 
 
+def k0_fields(token: torch.Tensor,     # [B] int64: the one token each request emits
+              seq_lens: torch.Tensor   # [B] committed lengths before the step
+              ) -> RoundFields:
+    """Pure: ``round_fields(token[:, None], ones, seq_lens)`` for K=0, built with four ops instead of ~13."""
+    return RoundFields(next_token_ids=token.to(torch.int32), accept_lens=torch.ones_like(token, dtype=torch.int32),
+                       bonus_tokens=token.to(torch.int32), new_seq_lens=seq_lens + 1)
+
+
+def k0_slots(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
+    """[B] int64: ``draft_slots(..., 1)[0]``, the slot of position n_b, by one index op."""
+    return req_to_token[req_pool_indices, seq_lens].to(torch.int64)
+
+
+LEAN_K0_ENV = "ER_VERL_LEAN_K0"  # "1": K=0 with fewer eager ops (same tokens for the same RNG state); "0" (default)
+
+
+def lean_k0_enabled(environ=None) -> bool:
+    """``ER_VERL_LEAN_K0``: whether a K=0 step builds its slot, sample and result fields with fewer eager ops
+    (:func:`k0_slots`, ``verify.sample_tokens``, :func:`k0_fields`). On the H200 hosts each small eager op cost
+    20-35 us of host time (cProfile, ``results/logs/issue4_pyprof_2026-11-25/``) and a K=0 step issued ~40 of
+    them; the lean step issues ~20 fewer (counted on the CPU). Off until a same-host A/B on the GPU
+    (``recipes/bench/device_issue4_lean_k0.sh``) shows what it buys."""
+    raw = (environ if environ is not None else os.environ).get(LEAN_K0_ENV, "").strip() or "0"
+    if raw not in ("0", "1"):
+        raise ValueError(f"{LEAN_K0_ENV}={raw!r}: expected 1 (a K=0 step with fewer eager ops) or 0")
+    return raw == "1"
+
+
 def accept_index(num_emitted: torch.Tensor, k: int) -> torch.Tensor:
     """[B, K+1] int32: flat verify-row index b*(K+1)+i of emitted token i, −1 after (SGLang's layout)."""
     batch = num_emitted.shape[0]
@@ -252,9 +280,14 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
     from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
     runner = worker.drafter.runner
+    lean = getattr(worker, "lean_k0", False)
     step = decode_step_batch(batch)
-    slots = draft_slots(runner.req_to_token_pool.req_to_token, batch.req_pool_indices, batch.seq_lens, 1)
-    _set_decode_step(step, batch, batch.spec_info.bonus_tokens.to(torch.int64), slots[0], 1)
+    req_to_token = runner.req_to_token_pool.req_to_token
+    if lean:
+        slot = k0_slots(req_to_token, batch.req_pool_indices, batch.seq_lens)
+    else:
+        slot = draft_slots(req_to_token, batch.req_pool_indices, batch.seq_lens, 1)[0]
+    _set_decode_step(step, batch, batch.spec_info.bonus_tokens.to(torch.int64), slot, 1)
     step.capture_hidden_mode = CaptureHiddenMode.NULL
     forward_batch = ForwardBatch.init_new(step, runner)
     can_graph = bool(graphs.can_run_graph(forward_batch))
@@ -272,8 +305,12 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
     if profiler is not None:
         profiler.launched()
     s = SamplingTensors.of(batch.sampling_info)
-    token, _ = verify.draft_sample(logits_output.next_token_logits, s.temperature, s.top_k, s.top_p, s.min_p,
-                                   gen, s.need_filter)
+    logits = logits_output.next_token_logits
+    if lean:
+        token = verify.sample_tokens(logits, s.temperature, s.top_k, s.top_p, s.min_p, gen, s.need_filter)
+        return _result(batch, batch.seq_lens, logits_output, token[:, None], None, 0, s, can_graph=can_graph,
+                       keep_alive=forward_batch, fields=k0_fields(token, batch.seq_lens))
+    token, _ = verify.draft_sample(logits, s.temperature, s.top_k, s.top_p, s.min_p, gen, s.need_filter)
     return _result(batch, batch.seq_lens, logits_output, token[:, None], torch.ones_like(token), 0, s,
                    can_graph=can_graph, keep_alive=forward_batch)
 
@@ -481,15 +518,19 @@ def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_dra
 
 
 def _result(batch, seq_lens, logits_output, tokens, emitted, k: int, s: SamplingTensors, can_graph: bool,
-            keep_alive, **extra):
+            keep_alive, fields: RoundFields | None = None, **extra):
     """SGLang's GenerationBatchResult for a round that emitted ``tokens`` ([B, K+1], −1-padded), with the
-    target's logprobs when the batch asks for them."""
+    target's logprobs when the batch asks for them. ``fields`` (K=0: :func:`k0_fields`) may come precomputed;
+    then ``emitted`` may be None (one token each)."""
     from sglang.srt.layers.utils.logprob import compute_spec_v2_logprobs
     from sglang.srt.managers.scheduler import GenerationBatchResult
     from sglang.srt.speculative.eagle_info import EagleDraftInput
 
-    fields = round_fields(tokens, emitted, seq_lens)  # seq_lens as before the round (verify rebinds the batch's)
+    if fields is None:
+        fields = round_fields(tokens, emitted, seq_lens)  # seq_lens as before the round (verify rebinds the batch's)
     if batch.return_logprob:
+        if emitted is None:
+            emitted = torch.ones_like(tokens[:, 0])
         logits = logits_output.next_token_logits.view(len(seq_lens), k + 1, -1)
         compute_spec_v2_logprobs(batch, logits_output, fields.next_token_ids, accept_index(emitted, k), k)
         logits_output.next_token_logprobs = verify.target_logprobs(logits, tokens, s.temperature, s.top_k)

@@ -36,7 +36,7 @@ import os
 import torch
 
 __all__ = [
-    "filter_probs", "draft_sample", "sample_round", "target_logprobs",
+    "filter_probs", "draft_sample", "sample_tokens", "sample_round", "target_logprobs",
     "FORCE_ACCEPT_ENV", "forced_accept_alpha", "sample_round_forced",
 ]
 
@@ -115,6 +115,20 @@ def draft_sample(
     """
     q = filter_probs(draft_logits, temperature, top_k, top_p, min_p, need_filter)
     return _race(q, noise), q
+
+
+def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                  min_p: torch.Tensor, noise: torch.Tensor | torch.Generator, need_filter: bool = True) -> torch.Tensor:
+    """Tokens [B] int64 only (arguments as :func:`draft_sample`'s), equal to ``draft_sample(...)[0]`` for the same
+    noise (the same draw from the same generator state), with fewer eager ops when no row filters: no q is
+    returned, so no one-hot over V is built; a greedy row's token is argmax(logits), which is what the race over
+    its one-hot q picks."""
+    if need_filter:
+        return draft_sample(logits, temperature, top_k, top_p, min_p, noise, need_filter)[0]
+    greedy = _is_greedy(temperature, top_k)                                      # [B]
+    t = torch.where(greedy, 1.0, temperature).float()
+    sampled = _race(torch.softmax(logits.float() / t[:, None], dim=-1), noise)   # [B]
+    return torch.where(greedy, logits.argmax(-1), sampled)
 
 
 def sample_round(

@@ -295,6 +295,39 @@ def test_draft_sample_draws_from_the_q_it_returns():
     assert _matches(tokens, q[0].double())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("need_filter", [False, True])
+def test_sample_tokens_are_draft_samples_tokens_with_fewer_ops(dtype, need_filter):
+    """The K=0 sampler draws the same tokens as draft_sample from the same generator state (greedy rows, by
+    temperature 0 or top_k 1, included); without filtering it issues at least 5 fewer eager ops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    groups = [CASES["temperature"], GREEDY, SamplingParams(temperature=1.0, top_k=1), SamplingParams()]
+    if need_filter:
+        groups.append(CASES["combined"])
+    rows = torch.arange(64) % len(groups)
+    params = _tensors(groups, rows)
+    logits = (3.0 * torch.randn(64, 1000, generator=torch.Generator().manual_seed(1))).to(dtype)
+    counts = {}
+    for fn in (verify.sample_tokens, lambda *a: verify.draft_sample(*a)[0]):
+        Count.ops = 0
+        with Count():
+            tokens = fn(logits, *params, torch.Generator().manual_seed(5), need_filter)
+        counts[fn] = (tokens, Count.ops)
+    (lean, lean_ops), (full, full_ops) = counts.values()
+    assert torch.equal(lean, full)
+    assert torch.equal(lean[rows == 1], logits[rows == 1].argmax(-1))  # greedy rows take the argmax
+    if not need_filter:
+        assert lean_ops <= full_ops - 5
+
+
 def _graph_safe_calls(batch: int = 4):
     """(function, args) for the three entry points, noise pre-drawn (no generator)."""
     g = torch.Generator().manual_seed(0)
@@ -307,6 +340,7 @@ def _graph_safe_calls(batch: int = 4):
     out_tokens = torch.cat([tokens, tokens[:, :1]], 1)
     return [(verify.sample_round, (logits, q, tokens, num_draft, *params, uniforms, noise)),
             (verify.draft_sample, (logits[:, 0], *params, noise)),
+            (verify.sample_tokens, (logits[:, 0], *params, noise, False)),
             (verify.target_logprobs, (logits, out_tokens, params[0], params[1]))]
 
 
