@@ -81,13 +81,15 @@ def round_fields(output_tokens: torch.Tensor,  # [B, K+1] int64, −1-padded (sa
 def k0_fields(token: torch.Tensor,     # [B] int64: the one token each request emits
               seq_lens: torch.Tensor   # [B] committed lengths before the step
               ) -> RoundFields:
-    """Pure: ``round_fields(token[:, None], ones, seq_lens)`` for K=0, built with four ops instead of ~13."""
+    """Pure: ``round_fields(token[:, None], ones, seq_lens)`` for K=0, built with four ops instead of ~13.
+    next_token_ids and bonus_tokens stay two tensors, as round_fields makes them (SGLang keeps both)."""
     return RoundFields(next_token_ids=token.to(torch.int32), accept_lens=torch.ones_like(token, dtype=torch.int32),
                        bonus_tokens=token.to(torch.int32), new_seq_lens=seq_lens + 1)
 
 
 def k0_slots(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
-    """[B] int64: ``draft_slots(..., 1)[0]``, the slot of position n_b, by one index op."""
+    """[B] int64: ``draft_slots(..., 1)[0]``, the slot of position n_b, by one index op. (draft_slots could gather
+    the same way for every K; it is left as it is until the lean K=0 step has been measured on the GPU.)"""
     return req_to_token[req_pool_indices, seq_lens].to(torch.int64)
 
 
