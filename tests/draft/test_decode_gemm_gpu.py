@@ -14,6 +14,10 @@ def reference_pack(w: torch.Tensor):
     return dg.pack(q.t(), s.t().contiguous(), z.t().contiguous())
 
 
+def nan_out(m: int, n: int) -> torch.Tensor:
+    return torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+
+
 @pytest.mark.parametrize("n,k", [(64, 128), (4096, 4096), (1040, 12288)])
 def test_requant_kernel_is_bit_identical_to_pack_of_rtn_and_in_place(n, k):
     w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
@@ -37,22 +41,24 @@ def test_gemm_equals_x_times_dequantized_weight(m):
     qweight, sz = reference_pack(w)
     x = torch.randn(m, k, device="cuda").bfloat16()
     want = x.float() @ dg.dequantize(qweight, sz).t()
-    got = dg.gemm(x, qweight, sz).float()
+    got = dg.gemm(x, qweight, sz, nan_out(m, n)).float()  # every output written, none left from an earlier call
     assert got.shape == (m, n)
     rel = ((got - want).norm() / want.norm()).item()
     assert rel < 4e-3, f"relative error {rel:.2e} at m={m}"  # bf16 output rounding is ~2e-3
 
 
-# Warps with no chunk (K = 128: 2 chunks for 16 warps), tiles not a multiple of the grid, K = 12288, and a
-# tiny grid whose blocks each stream many tiles through the cp.async ring.
-@pytest.mark.parametrize("n,k,blocks", [(64, 128, 0), (1040, 12288, 0), (4096, 4096, 3), (6144, 1152, 7)])
-@pytest.mark.parametrize("m", [1, 8, 20])
+# Warps with no chunk (K = 128: 2 chunks for 16 warps), tiles not a multiple of the grid, K = 12288, a tiny
+# grid whose blocks each stream many tiles, and both block shapes (16 warps for N <= 4096, 8 above) at every
+# M tile count (NT = 1..4; at NT > 2 a block of 8 warps reduces in two passes).
+@pytest.mark.parametrize("n,k,blocks", [(64, 128, 0), (1040, 12288, 0), (4096, 4096, 3), (6144, 1152, 7),
+                                         (24576, 4096, 0)])
+@pytest.mark.parametrize("m", [1, 8, 16, 20, 32])
 def test_gemm_shapes_and_grids(n, k, blocks, m):
     w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
     qweight, sz = reference_pack(w)
     x = torch.randn(m, k, device="cuda").bfloat16()
     want = x.float() @ dg.dequantize(qweight, sz).t()
-    got = dg.gemm(x, qweight, sz, blocks=blocks).float()
+    got = dg.gemm(x, qweight, sz, nan_out(m, n), blocks=blocks).float()
     rel = ((got - want).norm() / want.norm()).item()
     assert rel < 4e-3, f"relative error {rel:.2e} at m={m}, n={n}, k={k}, blocks={blocks}"
 

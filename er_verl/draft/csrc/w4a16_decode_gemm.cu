@@ -19,8 +19,10 @@
 //            16-byte loads straight from x, no staging.)
 //   sz       int32 [N/16][K/G][16 rows]: low 16 bits bf16 scale s, high 16 bits bf16 (128 + z).
 // Each 64-k chunk is four MMAs into fresh fp32 registers, scaled per row, then added to the row's sum.
-// The 16 warps of a block split K (warp w takes chunks w, w + 16, ...); shared memory sums them, in two
-// alternating buffers so one barrier per tile suffices.
+// The WARPS warps of a block split K (warp w takes chunks w, w + WARPS, ...); shared memory sums them, in
+// two alternating buffers so one barrier per tile suffices. WARPS and UNROLL (chunks whose loads a warp
+// issues before using the first) are picked per launch (er_w4a16_gemm) from a sweep on an H200, 8B shapes:
+// one chunk in flight per warp and more resident blocks beat deeper per-warp unrolling.
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -28,9 +30,6 @@
 
 namespace {
 
-constexpr int kWarps = 16;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kUnroll = 4;  // chunks whose loads a warp issues before using the first
 constexpr int kGroup = 128;
 constexpr int kMaxDevices = 64;
 
@@ -75,12 +74,12 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }
 
-template <int NT>
-__global__ void __launch_bounds__(kThreads)
+template <int NT, int WARPS, int UNROLL>
+__global__ void __launch_bounds__(32 * WARPS)
     w4a16_gemm(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ qweight,
                const uint32_t* __restrict__ sz, __nv_bfloat16* __restrict__ y, int m, int n, int k, int ldx,
                int ldy) {
-  extern __shared__ float partial[];  // [2 rounds][kWarps][32 lanes][4 NT]
+  extern __shared__ float partial[];  // [2 rounds][WARPS][32 lanes][4 NT]
   const int chunks = k >> 6, groups = k / kGroup, tiles = n >> 4;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const uint4* xg[NT];
@@ -91,12 +90,12 @@ __global__ void __launch_bounds__(kThreads)
     const uint4* wt = qweight + (size_t)tile * chunks * 32 + lane;
     const uint32_t* szt = sz + (size_t)tile * groups * 16;
     float acc[NT][4] = {};
-    for (int c0 = warp; c0 < chunks; c0 += kWarps * kUnroll) {
-      uint4 w[kUnroll];
-      uint32_t sz0[kUnroll], sz1[kUnroll];
+    for (int c0 = warp; c0 < chunks; c0 += WARPS * UNROLL) {
+      uint4 w[UNROLL];
+      uint32_t sz0[UNROLL], sz1[UNROLL];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int c = c0 + u * kWarps;
+      for (int u = 0; u < UNROLL; ++u) {
+        const int c = c0 + u * WARPS;
         if (c < chunks) {
           w[u] = load_streaming(wt + (size_t)c * 32);
           sz0[u] = __ldg(szt + (c >> 1) * 16 + g);
@@ -104,8 +103,8 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int c = c0 + u * kWarps;
+      for (int u = 0; u < UNROLL; ++u) {
+        const int c = c0 + u * WARPS;
         if (c >= chunks) break;
         uint4 b[NT][2];
 #pragma unroll
@@ -135,28 +134,31 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    float* mine = partial + ((size_t)(round * kWarps + warp) * 32 + lane) * 4 * NT;
+    float* mine = partial + ((size_t)(round * WARPS + warp) * 32 + lane) * 4 * NT;
 #pragma unroll
     for (int j = 0; j < NT; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) mine[4 * j + i] = acc[j][i];
     __syncthreads();
-    if (threadIdx.x < 128 * NT) {  // one thread per (lane, accumulator): rows g / g + 8, tokens 8j + 2t (+1)
-      const int l = threadIdx.x / (4 * NT), i = threadIdx.x % (4 * NT), j = i >> 2, ii = i & 3;
+    // one thread per (lane, accumulator): rows g / g + 8, tokens 8j + 2t (+1); 128 NT of them, more than a
+    // block of 8 warps has at NT > 2
+    for (int id = threadIdx.x; id < 128 * NT; id += 32 * WARPS) {
+      const int l = id / (4 * NT), i = id % (4 * NT), j = i >> 2, ii = i & 3;
       float v = 0.f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) v += partial[((size_t)(round * kWarps + w) * 32 + l) * 4 * NT + i];
+      for (int w = 0; w < WARPS; ++w) v += partial[((size_t)(round * WARPS + w) * 32 + l) * 4 * NT + i];
       const int row = tile * 16 + (l >> 2) + (ii >= 2 ? 8 : 0), token = 8 * j + 2 * (l & 3) + (ii & 1);
       if (token < m) y[(size_t)token * ldy + row] = __float2bfloat16(v);
     }
   }
 }
 
-template <int NT>
+template <int NT, int WARPS, int UNROLL = 1>
 cudaError_t launch(const void* x, const void* qweight, const void* sz, void* y, int m, int n, int k, int ldx,
                    int ldy, int blocks, cudaStream_t stream) {
-  auto kernel = w4a16_gemm<NT>;
-  const int smem = 2 * kWarps * 32 * 4 * NT * (int)sizeof(float);
+  auto kernel = w4a16_gemm<NT, WARPS, UNROLL>;
+  constexpr int kThreads = 32 * WARPS;
+  const int smem = 2 * WARPS * 32 * 4 * NT * (int)sizeof(float);
   static int fit[kMaxDevices] = {};  // per device, once: blocks resident at once (SMs x blocks per SM)
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
@@ -241,11 +243,20 @@ extern "C" int er_w4a16_gemm(const void* x, const void* qweight, const void* sz,
                              int ldx, int ldy, int blocks, void* stream) {
   if (m < 1 || m > 32 || n % 16 || k % kGroup || ldx % 8) return cudaErrorInvalidValue;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  // H200, Qwen3-8B layers (results/issue3_decode_gemm_v4_h200.json): 16 warps per tile where there are few
+  // tiles (N <= 4096: o_proj, down_proj), 8 where there are many (qkv_proj, gate_up_proj), one chunk in flight
+  // per warp: 43 us per decoder layer at M <= 8 (53 us with 16 warps x 4 chunks everywhere), 58.5 at M = 16
+  // (72). At M > 16 the few-tile shapes keep 16 x 4, which was faster there (down_proj 24.7 vs 29.0 us).
+  const bool few_tiles = n <= 4096;
   switch ((m + 7) / 8) {
-    case 1: return launch<1>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-    case 2: return launch<2>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-    case 3: return launch<3>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-    default: return launch<4>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+    case 1: return few_tiles ? launch<1, 16>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                             : launch<1, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+    case 2: return few_tiles ? launch<2, 16>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                             : launch<2, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+    case 3: return few_tiles ? launch<3, 16, 4>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                             : launch<3, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+    default: return few_tiles ? launch<4, 16, 4>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                              : launch<4, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
   }
 }
 
