@@ -88,24 +88,8 @@ def k0_fields(token: torch.Tensor,     # [B] int64: the one token each request e
 
 
 def k0_slots(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
-    """[B] int64: ``draft_slots(..., 1)[0]``, the slot of position n_b, by one index op. (draft_slots could gather
-    the same way for every K; it is left as it is until the lean K=0 step has been measured on the GPU.)"""
+    """[B] int64: the slot of position n_b, ``req_to_token[r_b, n_b]`` (``draft_slots(..., 1)[0]``) by one index op."""
     return req_to_token[req_pool_indices, seq_lens].to(torch.int64)
-
-
-LEAN_K0_ENV = "ER_VERL_LEAN_K0"  # "1": K=0 with fewer eager ops (same tokens for the same RNG state); "0" (default)
-
-
-def lean_k0_enabled(environ=None) -> bool:
-    """``ER_VERL_LEAN_K0``: whether a K=0 step builds its slot, sample and result fields with fewer eager ops
-    (:func:`k0_slots`, ``verify.sample_tokens``, :func:`k0_fields`). On the H200 hosts each small eager op cost
-    20-35 us of host time (cProfile, ``results/logs/issue4_pyprof_2026-11-25/``) and a K=0 step issued ~40 of
-    them; the lean step issues ~20 fewer (counted on the CPU). Off until a same-host A/B on the GPU
-    (``recipes/bench/device_issue4_lean_k0.sh``) shows what it buys."""
-    raw = (environ if environ is not None else os.environ).get(LEAN_K0_ENV, "").strip() or "0"
-    if raw not in ("0", "1"):
-        raise ValueError(f"{LEAN_K0_ENV}={raw!r}: expected 1 (a K=0 step with fewer eager ops) or 0")
-    return raw == "1"
 
 
 def accept_index(num_emitted: torch.Tensor, k: int) -> torch.Tensor:
@@ -121,9 +105,8 @@ def draft_slots(req_to_token: torch.Tensor,      # [R, max_context] int32 slot t
                 seq_lens: torch.Tensor,          # [B]
                 k: int) -> torch.Tensor:
     """[K, B] int64: the slot of position n_b + i for draft step i (``req_to_token[r_b, n_b + i]``)."""
-    cols = seq_lens.to(torch.int64)[None] + torch.arange(k, device=seq_lens.device)[:, None]   # [K, B]
-    rows = req_pool_indices.to(torch.int64)[None].expand_as(cols)
-    return req_to_token[rows, cols].to(torch.int64)
+    cols = seq_lens[None] + torch.arange(k, device=seq_lens.device, dtype=seq_lens.dtype)[:, None]   # [K, B]
+    return req_to_token[req_pool_indices[None], cols].to(torch.int64)
 
 
 def forced_k_from_env(kmax: int, environ=None) -> int:
@@ -276,19 +259,17 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
     eagerly (``graphs.attn_backend`` planned for this batch, as SGLang's eager decode), never SGLang's
     one-token TARGET_VERIFY pass (2x slower than a plain eager decode at bs 256-511 on the H200). The bonus
     token x̂ at position n is fed, its target K/V written to ``req_to_token[r, n]``, and the next token is
-    drawn from p by ``verify.draft_sample`` (SGLang's temperature / top-k / top-p / min-p semantics,
-    greedy = argmax)."""
+    drawn from p by ``verify.sample_tokens`` (SGLang's temperature / top-k / top-p / min-p semantics,
+    greedy = argmax; the same draws as ``verify.draft_sample`` without building q). On the H200 this lean step
+    (~20 fewer eager ops than with ``draft_sample`` and ``round_fields``) cut the host time per K=0 call from
+    ~2.0 to ~1.1 ms and ran 186 / 1381 / 4677 tok/s at bs 1 / 8 / 32 against 183 / 1363 / 4608 (plain SGLang
+    188 / 1395 / 4722; ``results/issue4_lean_k0_h200.json``)."""
     from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch
     from sglang.srt.model_executor.forward_context import ForwardContext, forward_context
 
     runner = worker.drafter.runner
-    lean = getattr(worker, "lean_k0", False)
     step = decode_step_batch(batch)
-    req_to_token = runner.req_to_token_pool.req_to_token
-    if lean:
-        slot = k0_slots(req_to_token, batch.req_pool_indices, batch.seq_lens)
-    else:
-        slot = draft_slots(req_to_token, batch.req_pool_indices, batch.seq_lens, 1)[0]
+    slot = k0_slots(runner.req_to_token_pool.req_to_token, batch.req_pool_indices, batch.seq_lens)
     _set_decode_step(step, batch, batch.spec_info.bonus_tokens.to(torch.int64), slot, 1)
     step.capture_hidden_mode = CaptureHiddenMode.NULL
     forward_batch = ForwardBatch.init_new(step, runner)
@@ -308,13 +289,9 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
         profiler.launched()
     s = SamplingTensors.of(batch.sampling_info)
     logits = logits_output.next_token_logits
-    if lean:
-        token = verify.sample_tokens(logits, s.temperature, s.top_k, s.top_p, s.min_p, gen, s.need_filter)
-        return _result(batch, batch.seq_lens, logits_output, token[:, None], None, 0, s, can_graph=can_graph,
-                       keep_alive=forward_batch, fields=k0_fields(token, batch.seq_lens))
-    token, _ = verify.draft_sample(logits, s.temperature, s.top_k, s.top_p, s.min_p, gen, s.need_filter)
-    return _result(batch, batch.seq_lens, logits_output, token[:, None], torch.ones_like(token), 0, s,
-                   can_graph=can_graph, keep_alive=forward_batch)
+    token = verify.sample_tokens(logits, s.temperature, s.top_k, s.top_p, s.min_p, gen, s.need_filter)
+    return _result(batch, batch.seq_lens, logits_output, token[:, None], None, 0, s, can_graph=can_graph,
+                   keep_alive=forward_batch, fields=k0_fields(token, batch.seq_lens))
 
 
 def _set_decode_step(step, batch, token, slots, ahead: int) -> None:

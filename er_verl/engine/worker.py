@@ -188,7 +188,6 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.spec_rounds = 0
         self.round_counts = spec_round.RoundCounts()  # verl's per-request drafted / rounds, at result time
         self.requants_tagged = 0  # drafter requants whose time went out on a batch's requests
-        self.lean_k0 = spec_round.lean_k0_enabled()
         every = profile_every()
         self.profiler = RoundProfiler(every) if every else None
         self.timeline = timeline_from_env()

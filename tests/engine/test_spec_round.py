@@ -43,15 +43,16 @@ def test_accept_index_is_stock_layout():
     assert idx.tolist() == [[0, 1, -1], [3, 4, 5], [6, -1, -1]]
 
 
-def test_draft_slots_reads_the_positions_after_seq_len():
+@pytest.mark.parametrize("seq_dtype", [torch.int32, torch.int64])
+def test_draft_slots_reads_the_positions_after_seq_len(seq_dtype):
     req_to_token = torch.arange(40, dtype=torch.int32).view(4, 10) + 100
-    slots = spec_round.draft_slots(req_to_token, torch.tensor([2, 0]), torch.tensor([3, 7]), 2)
-    assert slots.tolist() == [[123, 107], [124, 108]]  # [K, B]
+    slots = spec_round.draft_slots(req_to_token, torch.tensor([2, 0]), torch.tensor([3, 7], dtype=seq_dtype), 2)
+    assert slots.tolist() == [[123, 107], [124, 108]] and slots.dtype == torch.int64  # [K, B]
 
 
 @pytest.mark.parametrize("seq_dtype", [torch.int32, torch.int64])
 def test_k0_slots_and_fields_equal_the_general_ones(seq_dtype):
-    """The lean K=0 step's slot and result fields equal draft_slots(.., 1)[0] and round_fields of one token."""
+    """The K=0 step's slot and result fields equal draft_slots(.., 1)[0] and round_fields of one token."""
     req_to_token = torch.arange(40, dtype=torch.int32).view(4, 10) + 100
     pool, seq_lens = torch.tensor([2, 0, 3]), torch.tensor([3, 7, 0], dtype=seq_dtype)
     slot = spec_round.k0_slots(req_to_token, pool, seq_lens)
@@ -63,13 +64,6 @@ def test_k0_slots_and_fields_equal_the_general_ones(seq_dtype):
     for name in ("next_token_ids", "accept_lens", "bonus_tokens", "new_seq_lens"):
         a, b = getattr(lean, name), getattr(full, name)
         assert torch.equal(a, b) and a.dtype == b.dtype, name
-
-
-def test_lean_k0_is_off_by_default_and_checked():
-    assert spec_round.lean_k0_enabled({}) is False
-    assert spec_round.lean_k0_enabled({"ER_VERL_LEAN_K0": "1"}) is True
-    with pytest.raises(ValueError, match="ER_VERL_LEAN_K0='on'.*expected 1"):
-        spec_round.lean_k0_enabled({"ER_VERL_LEAN_K0": "on"})
 
 
 def test_forced_k_from_env():
