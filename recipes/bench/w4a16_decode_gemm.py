@@ -103,10 +103,11 @@ def bench_shape(name: str, n: int, k: int, ms: list, rows: list, prev: dict) -> 
             add("marlin", lambda _: layer.quant_method.apply(layer, x), [(None,)],
                 err=((out - ref).norm() / ref.norm()).item())
         sms = torch.cuda.get_device_properties(0).multi_processor_count
-        for blocks in (0, sms, 2 * sms):
+        for blocks in (0, sms, 2 * sms, n // dg.TILE_N):  # resident blocks (auto), 1 or 2 per SM, one per tile
             got = dg.gemm(x, qw, sz, y.fill_(float("nan")), blocks=blocks).float()
             err = ((got - ref).norm() / ref.norm()).item()
-            add(f"decode_gemm_b{blocks or 'auto'}", lambda a, b: dg.gemm(x, a, b, y, blocks=blocks), q_sets,
+            grid = "tiles" if blocks == n // dg.TILE_N else blocks or "auto"
+            add(f"decode_gemm_b{grid}", lambda a, b: dg.gemm(x, a, b, y, blocks=blocks), q_sets,
                 err=err, blocks=blocks)
         for variant, lib in prev.items():  # same call, that library swapped in while captured
             current, dg._lib = dg._lib, lib
