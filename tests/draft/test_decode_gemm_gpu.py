@@ -82,3 +82,52 @@ def test_gemm_replays_in_a_cuda_graph_and_follows_requant():
     graph.replay()
     want = x.float() @ dg.dequantize(qweight, sz).t()
     assert ((y.float() - want).norm() / want.norm()).item() < 4e-3
+
+
+@pytest.mark.parametrize("m", [1, 8, 20, 32, 40])
+@pytest.mark.parametrize("n,k", [(4096, 12288), (1024, 4096)])
+def test_silu_mul_fused_gemm_equals_silu_and_mul_then_gemm(m, n, k):
+    w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
+    qweight, sz = reference_pack(w)
+    gate_up = torch.randn(m, 2 * k, device="cuda").bfloat16() * 3
+    act = (torch.nn.functional.silu(gate_up[:, :k].float()) * gate_up[:, k:].float()).bfloat16()
+    want = act.float() @ dg.dequantize(qweight, sz).t()
+    got = dg.gemm(gate_up, qweight, sz, nan_out(m, n), silu_mul=True).float()
+    rel = ((got - want).norm() / want.norm()).item()
+    assert rel < 4e-3, f"relative error {rel:.2e} at m={m}, n={n}, k={k}"
+    with pytest.raises(ValueError, match=r"\[M, 2K\]"):
+        dg.gemm(gate_up[:, : k + 128].contiguous(), qweight, sz, silu_mul=True)
+
+
+@pytest.mark.parametrize("pdl", [0, 1])
+def test_dependent_chain_in_a_cuda_graph_reads_each_previous_result(pdl):
+    # y1 = gemm(x), z = y1 * 2 (a plain kernel), y2 = gemm(z[:, :k]): with programmatic dependent launch a
+    # GEMM's blocks start early, and must still wait for the kernel before them before reading x.
+    n, k, m = 8192, 4096, 8
+    w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()
+    qweight, sz = reference_pack(w)
+    x = torch.randn(m, k, device="cuda").bfloat16()
+    lib = dg.library()
+    lib.er_w4a16_set_pdl(pdl)
+    try:
+        def chain():
+            y = x
+            for _ in range(6):
+                y = dg.gemm((y[:, :k] * 2).contiguous(), qweight, sz)
+            return y
+
+        eager = chain()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = chain()
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+    finally:
+        lib.er_w4a16_set_pdl(1)
+    assert torch.equal(out, eager)
+    want, deq = x.float(), dg.dequantize(qweight, sz).t()
+    for _ in range(6):
+        want = ((want[:, :k] * 2).bfloat16().float() @ deq).bfloat16().float()
+    rel = ((eager.float() - want).norm() / want.norm()).item()
+    assert rel < 3e-2, f"relative error {rel:.2e} after six dependent GEMMs"
