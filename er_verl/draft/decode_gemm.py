@@ -12,9 +12,7 @@ of the tensor cores' m16n8k16 A fragment (the .cu file's header says why):
 ``w[n, k] = (q[n, k] − z[n, k//G]) · s[n, k//G]``, the same RTN weights as the Marlin buffers hold
 (`quantize.rtn_int4`). The kernel is compiled with nvcc on first use (``$CUDA_HOME/bin/nvcc`` or nvcc on
 PATH) into ``~/.cache/er_verl/`` keyed by the source's hash, and called through ctypes on the current
-CUDA stream, so it can be captured in a CUDA graph. Each launch is a programmatic dependent of the kernel
-before it (its blocks ask L2 for their first weights before waiting for x); ``ER_VERL_GEMM_PDL=0`` turns
-that off.
+CUDA stream, so it can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ GROUP = 128
 TILE_N = 16  # output rows per tensor-core tile
 MAX_M = 32  # tokens per kernel launch (4 MMAs of 8 columns); gemm() splits larger M
 _SOURCE = Path(__file__).with_name("csrc") / "w4a16_decode_gemm.cu"
-PDL_ENV = "ER_VERL_GEMM_PDL"
 _lib = None
 
 
@@ -136,11 +133,7 @@ def library() -> ctypes.CDLL:
         os.replace(tmp, so)
     lib = ctypes.CDLL(str(so))
     lib.er_w4a16_gemm.restype = ctypes.c_int
-    lib.er_w4a16_gemm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 7 + [ctypes.c_void_p]
-    pdl = os.environ.get(PDL_ENV, "1")
-    if pdl not in ("0", "1"):
-        raise ValueError(f"{PDL_ENV}={pdl!r}: allowed are 1 (programmatic dependent launches, the default) and 0.")
-    lib.er_w4a16_set_pdl(int(pdl))
+    lib.er_w4a16_gemm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p]
     lib.er_w4a16_requant.restype = ctypes.c_int
     lib.er_w4a16_requant.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
     _lib = lib
@@ -153,21 +146,13 @@ def gemm(
     sz: torch.Tensor,  # [N, K/G] int32
     out: torch.Tensor | None = None,  # [M, N] bf16
     blocks: int = 0,
-    silu_mul: bool = False,
 ) -> torch.Tensor:
-    """``x · dequantize(qweight, sz)ᵀ`` on the GPU, M split into launches of at most 32 rows. No host sync.
-
-    ``silu_mul``: x is [M, 2K], a row ``[gate | up]``, and the GEMM's input is ``silu(gate) · up`` rounded to
-    bf16 (SGLang's SiluAndMul, fused into the down projection).
-    """
-    m, width = x.shape
-    k = width // 2 if silu_mul else width
+    """``x · dequantize(qweight, sz)ᵀ`` on the GPU, M split into launches of at most 32 rows. No host sync."""
+    m, k = x.shape
     n = qweight.shape[0]
-    if (x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16
-            or tuple(qweight.shape) != (n, k // 8) or (silu_mul and width != 2 * k)):
-        what = "[M, 2K] ([gate | up])" if silu_mul else "[M, K]"
+    if x.dtype != torch.bfloat16 or x.stride(1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16 or tuple(qweight.shape) != (n, k // 8):
         raise ValueError(
-            f"the decode GEMM needs bf16 x {what} with unit column stride and 16-byte aligned rows, and qweight "
+            f"the decode GEMM needs bf16 x [M, K] with unit column stride and 16-byte aligned rows, and qweight "
             f"[N, K/8]; got x {x.dtype} {tuple(x.shape)} strides {x.stride()}, qweight {tuple(qweight.shape)}."
         )
     y = out if out is not None else torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
@@ -175,7 +160,7 @@ def gemm(
     for start in range(0, m, MAX_M):
         mm = min(MAX_M, m - start)
         err = lib.er_w4a16_gemm(x[start].data_ptr(), qweight.data_ptr(), sz.data_ptr(), y[start].data_ptr(),
-                                mm, n, k, x.stride(0), y.stride(0), blocks, int(silu_mul), stream)
+                                mm, n, k, x.stride(0), y.stride(0), blocks, stream)
         if err:
             raise RuntimeError(f"er_w4a16_gemm failed with cudaError {err} (m={mm}, n={n}, k={k}).")
     return y

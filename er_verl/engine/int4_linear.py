@@ -6,9 +6,7 @@ SGLang a quantization config whose Linear method owns that layout:
 
 * ``qweight`` int32 [N, K/8] and ``sz`` int32 [N, K/128] (``decode_gemm`` packing), nothing else;
 * ``apply``: one kernel launch per 32 tokens (x made contiguous only when its rows are not 16-byte aligned);
-* requant: ``decode_gemm.requantize_`` (one CUDA kernel per layer, in place);
-* an MLP whose gate_up and down projections both run it gets SGLang's SiluAndMul folded into the down GEMM
-  (``fuse_silu_mul_``: one kernel less per layer and draft step; ``ER_VERL_FUSE_SILU=0`` keeps it separate).
+* requant: ``decode_gemm.requantize_`` (one CUDA kernel per layer, in place).
 
 ``ER_VERL_INT4_GEMM=marlin`` keeps SGLang's AWQ-Marlin layers instead (the layout before this kernel,
 kept for comparison). A Linear whose shard is not N % 16 == 0 and K % 128 == 0 stays the target's own.
@@ -20,18 +18,15 @@ import os
 from typing import Optional
 
 import torch
-from sglang.srt.layers.activation import SiluAndMul
 from sglang.srt.layers.linear import LinearBase
 from sglang.srt.layers.quantization.base_config import LinearMethodBase
 from sglang.srt.layers.quantization.unquant import UnquantizedLinearMethod
-from torch import nn
 from torch.nn import Parameter
 
 from er_verl.draft import decode_gemm
 
 GEMM_ENV = "ER_VERL_INT4_GEMM"
 GEMMS = ("decode", "marlin")
-FUSE_ENV = "ER_VERL_FUSE_SILU"
 
 
 def int4_gemm() -> str:
@@ -76,43 +71,6 @@ class DecodeGemmLinearMethod(LinearMethodBase):
         if bias is not None:
             y += bias
         return y.reshape(*x.shape[:-1], y.shape[-1])
-
-
-class SiluMulDecodeGemmLinearMethod(DecodeGemmLinearMethod):
-    """A down projection whose input is the gate_up output ``[gate | up]``: ``silu(gate) · up`` in the GEMM."""
-
-    def apply(self, layer, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])  # [M, 2K]
-        if rows.stride(-1) != 1 or rows.stride(0) % 8 or rows.data_ptr() % 16:
-            rows = rows.contiguous()
-        y = decode_gemm.gemm(rows, layer.qweight, layer.sz, silu_mul=True)  # [M, N]
-        if bias is not None:
-            y += bias
-        return y.reshape(*x.shape[:-1], y.shape[-1])
-
-
-def fuse_silu_mul_(model: nn.Module) -> list[str]:
-    """Fold each MLP's SiluAndMul into its down projection where both projections run the decode GEMM.
-
-    The MLP's ``act_fn`` becomes ``nn.Identity`` (so the MLP hands ``[gate | up]`` on) and its down
-    projection's method a :class:`SiluMulDecodeGemmLinearMethod`. Only the drafter's own MLP modules change
-    (their act_fn attribute; SiluAndMul holds no tensors). Returns the names of the MLPs changed.
-    """
-    choice = os.environ.get(FUSE_ENV, "1")
-    if choice not in ("0", "1"):
-        raise ValueError(f"{FUSE_ENV}={choice!r}: allowed are 1 (fold SiluAndMul into the down GEMM, the default) and 0.")
-    if choice == "0":
-        return []
-    fused = []
-    for name, mlp in model.named_modules():
-        gate_up, down = getattr(mlp, "gate_up_proj", None), getattr(mlp, "down_proj", None)
-        if (isinstance(getattr(mlp, "act_fn", None), SiluAndMul)
-                and type(getattr(gate_up, "quant_method", None)) is DecodeGemmLinearMethod
-                and type(getattr(down, "quant_method", None)) is DecodeGemmLinearMethod):
-            down.quant_method = SiluMulDecodeGemmLinearMethod()
-            mlp.act_fn = nn.Identity()
-            fused.append(name)
-    return fused
 
 
 def decode_gemm_fits(layer) -> bool:

@@ -37,7 +37,7 @@ from sglang.srt.model_loader.utils import get_model_architecture, set_default_to
 from torch import nn
 
 from er_verl.engine.drafter import SelfDrafter
-from er_verl.engine.int4_linear import decode_gemm_method, fuse_silu_mul_, int4_gemm
+from er_verl.engine.int4_linear import decode_gemm_method, int4_gemm
 from er_verl.engine.sharing import materialize_, share_with_target_
 
 GROUP_SIZE = 128
@@ -106,7 +106,6 @@ def build_self_drafter(target_model: nn.Module, model_config, load_config, kind:
     with set_default_torch_dtype(model_config.dtype), torch.device("meta"):
         model = _initialize_model(model_config, load_config, quant_config)
     plan = share_with_target_(model, target_model, is_quantized)
-    fuse_silu_mul_(model)  # after sharing: an MLP with a quantized child is the drafter's own module
     return SelfDrafter(model.eval(), kind, plan, target=target_model)
 
 

@@ -44,6 +44,8 @@ def parse_args():
     p.add_argument("--requant-reps", type=int, default=10)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--mem-fraction", type=float, default=0.55)
+    p.add_argument("--profile-bs", type=int, nargs="*", default=[],
+                   help="also list each model's kernels per decode step at these batch sizes (torch profiler)")
     return p.parse_args()
 
 
@@ -132,6 +134,40 @@ def step_ms(runner, forward_batch, graphs, model, steps: int) -> float:
         runner.decode_cuda_graph_runner, runner.model = saved
 
 
+def kernel_table(runner, forward_batch, graphs, model, steps: int = 10, top: int = 30) -> dict:
+    """Per decode step of ``model``: its kernels by name (calls, us), their busy sum and the step's span."""
+    from torch.profiler import ProfilerActivity, profile
+
+    saved = runner.decode_cuda_graph_runner, runner.model
+    runner.decode_cuda_graph_runner, runner.model = graphs, model
+    try:
+        runner.forward(forward_batch)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                runner.forward(forward_batch)
+            torch.cuda.synchronize()
+    finally:
+        runner.decode_cuda_graph_runner, runner.model = saved
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    by_name: dict = {}
+    for e in kernels:
+        calls, us = by_name.get(e.name, (0, 0.0))
+        by_name[e.name] = (calls + 1, us + e.device_time)  # device_time: us
+    span = (max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)) / steps
+    rows = sorted(({"kernel": name[:120], "calls_per_step": c / steps, "us_per_step": us / steps}
+                   for name, (c, us) in by_name.items()), key=lambda r: -r["us_per_step"])
+    return {"kernels_per_step": len(kernels) / steps, "busy_us_per_step": sum(r["us_per_step"] for r in rows),
+            "span_us_per_step": span, "top": rows[:top]}
+
+
+def print_kernel_table(label: str, table: dict) -> None:
+    print(f"{label}: {table['kernels_per_step']:.0f} kernels, busy {table['busy_us_per_step']:.0f} us, span "
+          f"{table['span_us_per_step']:.0f} us per step", flush=True)
+    for r in table["top"]:
+        print(f"  {r['us_per_step']:8.1f} us  {r['calls_per_step']:5.0f} x  {r['kernel'][:100]}", flush=True)
+
+
 def decode_batch(runner, bs: int, input_len: int, vocab: int):
     """Prefill ``bs`` random prompts with the target, then the ForwardBatch of their next decode step."""
     from sglang.bench_one_batch import extend, prepare_synthetic_inputs_for_latency_test
@@ -157,6 +193,10 @@ def step_rows(runner, drafter, args) -> list[dict]:
         ratio = t_draft / t_target
         rows.append({"bs": bs, "target_ms": t_target, "draft_ms": t_draft, "ratio": ratio, "cuda_graph": graphs})
         print(f"bs {bs:4d}: target {t_target:.3f} ms, drafter {t_draft:.3f} ms, ratio {ratio:.3f}", flush=True)
+        if bs in args.profile_bs:
+            for label, g, model in (("target", target_graphs, runner.model), ("drafter", draft_graphs, drafter.model)):
+                rows[-1][f"{label}_kernels"] = table = kernel_table(runner, fb, g if graphs else None, model)
+                print_kernel_table(f"bs {bs} {label}", table)
         runner.req_to_token_pool.clear()
         runner.token_to_kv_pool_allocator.clear()
     return rows

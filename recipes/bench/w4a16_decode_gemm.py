@@ -5,10 +5,6 @@ apply (when sglang imports; the drafter's GEMM before this kernel) and the decod
 sizes. Each is timed from a CUDA graph of back-to-back calls, twice: "warm" reuses one weight (it may
 sit in L2), "cold" cycles through copies of at least 256 MB so none stays in L2, as in a decode step.
 Checks the decode GEMM against x · dequantize(codes)ᵀ in fp32. Writes JSON (GPU, versions, command, date).
-
-``--chain``: one decoder layer's four GEMMs with a small kernel between each pair (stand-ins for the norm,
-attention and residual add; SGLang's silu_and_mul when sgl_kernel imports, else torch's), L2-cold, timed per
-layer with programmatic dependent launch off / on and SiluAndMul separate / fused into the down GEMM.
 """
 
 import argparse
@@ -136,67 +132,15 @@ def bench_shape(name: str, n: int, k: int, ms: list, rows: list, prev: dict) -> 
     torch.cuda.empty_cache()
 
 
-def silu_and_mul_fn():
-    try:
-        from sgl_kernel import silu_and_mul
-
-        return silu_and_mul, "sgl_kernel.silu_and_mul"
-    except Exception:  # noqa: BLE001 - torch-only host
-        def torch_silu_and_mul(gu: torch.Tensor) -> torch.Tensor:
-            half = gu.shape[-1] // 2
-            return torch.nn.functional.silu(gu[:, :half]) * gu[:, half:]
-
-        return torch_silu_and_mul, "torch silu * up"
-
-
-def bench_chain(ms: list, rows: list) -> None:
-    """us per decoder layer of the chain in the module docstring, for PDL off/on x SiluAndMul separate/fused."""
-    shapes = {name: SHAPES[name] for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")}
-    layer = {name: codes_for(n, k)[1] for name, (n, k) in shapes.items()}
-    nbytes = sum(qw.numel() * 4 + sz.numel() * 4 for qw, sz in layer.values())
-    sets = copies(tuple(t for pair in layer.values() for t in pair), nbytes)
-    silu_and_mul, act_name = silu_and_mul_fn()
-    hidden, inter = shapes["o_proj"][1], shapes["down_proj"][1]
-    for m in ms:
-        x = torch.randn(m, hidden, device="cuda").bfloat16() * 0.1
-
-        def one_layer(fused: bool, qkv_w, qkv_s, o_w, o_s, gu_w, gu_s, d_w, d_s) -> torch.Tensor:
-            a = x * 1.0  # input norm stand-in
-            qkv = dg.gemm(a, qkv_w, qkv_s)
-            b = qkv[:, :hidden].contiguous()  # attention stand-in
-            c = dg.gemm(b, o_w, o_s) + x  # residual add + norm stand-in
-            gate_up = dg.gemm(c, gu_w, gu_s)
-            if fused:
-                return dg.gemm(gate_up, d_w, d_s, silu_mul=True)
-            return dg.gemm(silu_and_mul(gate_up), d_w, d_s)
-
-        outs = {}
-        for pdl in (0, 1):
-            dg.library().er_w4a16_set_pdl(pdl)
-            for fused in (False, True):
-                outs[fused] = one_layer(fused, *sets[0]).float()
-                us = timed(lambda *t: one_layer(fused, *t), sets)
-                rows.append(dict(variant="chain", m=m, pdl=pdl, silu_fused=fused, act=act_name, us=us, heat="cold"))
-                print(f"chain m={m} pdl={pdl} silu {'fused' if fused else 'separate'} {us:7.1f} us per layer",
-                      flush=True)
-        err = ((outs[True] - outs[False]).norm() / outs[False].norm()).item()
-        rows.append(dict(variant="chain_fused_vs_separate", m=m, rel_err=err))
-        print(f"chain m={m} fused vs separate: relative difference {err:.1e}", flush=True)
-    dg.library().er_w4a16_set_pdl(1)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "w4a16_decode_gemm.json"))
     p.add_argument("--m", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--layers", nargs="*", default=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
-    p.add_argument("--chain", action="store_true", help="also time the decoder-layer chain (module docstring)")
+    p.add_argument("--layers", nargs="+", default=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
     args = p.parse_args()
     dg.library()
     prev = prev_libraries()
     rows: list = []
-    if args.chain:
-        bench_chain(args.m, rows)
     for name in args.layers:
         n, k = SHAPES[name]
         bench_shape(name, n, k, args.m, rows, prev)
@@ -213,7 +157,7 @@ def print_layer_sums(rows: list) -> None:
     requant = sum(r["us"] for r in rows if r["variant"] == "requant")
     print(f"requant of one decoder layer's Linears {requant:.1f} us; x36 layers (Qwen3-8B) {36 * requant / 1e3:.1f} ms")
     for r in rows:
-        if r["variant"] == "requant" or r["variant"].startswith("chain"):
+        if r["variant"] == "requant":
             continue
         key = (r["m"], r["heat"], r["variant"].split("_b")[0], r["layer"])
         best[key] = min(best.get(key, float("inf")), r["us"])

@@ -193,8 +193,6 @@ def _build_one(model_type: str, tied: bool, drafter: str = "int4") -> dict:
         ],
         "target_untouched": before == {n: id(x) for n, x in _tensors(target).items()},
         "quantized_layers": [n for n, m in d.named_modules() if loader.is_quantized(m)],
-        "mlp_silu": [(type(layer.mlp.act_fn).__name__, type(layer.mlp.down_proj.quant_method).__name__,
-                      type(tl.mlp.act_fn).__name__) for layer, tl in zip(d.model.layers, t.model.layers)],
     }
 
 

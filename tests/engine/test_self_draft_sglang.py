@@ -77,8 +77,6 @@ def test_drafter_owns_only_its_int4_buffers(built, case):
     assert out["owned"] == OWNED, f"drafter-owned tensors: {out['owned']}"
     assert out["quantized_layers"] == [f"model.layers.{i}.{lin}" for i in range(2) for lin in LINEARS]
     assert out["target_untouched"], "building the drafter re-bound a target tensor"
-    # SiluAndMul folded into the drafter's down GEMM; the target's MLP keeps its own
-    assert out["mlp_silu"] == [["Identity", "SiluMulDecodeGemmLinearMethod", "SiluAndMul"]] * 2
 
 
 def test_tied_qwen2_shares_embedding_head_norms_rotary_and_biases(built):
@@ -107,4 +105,3 @@ def test_fp8_drafter_links_the_bf16_weights_it_will_quantize(built):
          "RowParallelLinear.weight"] * 2
     )
     assert out["quantized_layers"] == [f"model.layers.{i}.{lin}" for i in range(2) for lin in LINEARS]
-    assert [act for act, _, _ in out["mlp_silu"]] == ["SiluAndMul"] * 2  # fp8: SiluAndMul stays separate

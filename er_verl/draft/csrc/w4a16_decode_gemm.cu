@@ -74,51 +74,7 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }
 
-// silu(g) * u of two bf16 pairs, in fp32, rounded to bf16 (SGLang's silu_and_mul does the same per element).
-__device__ __forceinline__ uint32_t silu_mul_bf16x2(uint32_t g, uint32_t u) {
-  __nv_bfloat162 gg, uu;
-  memcpy(&gg, &g, 4);
-  memcpy(&uu, &u, 4);
-  const float2 gf = __bfloat1622float2(gg), uf = __bfloat1622float2(uu);
-  const __nv_bfloat162 r = __floats2bfloat162_rn(gf.x / (1.f + expf(-gf.x)) * uf.x, gf.y / (1.f + expf(-gf.y)) * uf.y);
-  uint32_t d;
-  memcpy(&d, &r, 4);
-  return d;
-}
-
-// 8 bf16 of the MMA's B operand at uint4 p of x; SILU: x rows are [gate | up] (up at uint4 offset `up`)
-// and the operand is silu(gate) * up, i.e. SGLang's SiluAndMul fused into the down projection.
-template <bool SILU>
-__device__ __forceinline__ uint4 load_b(const uint4* p, int up) {
-  const uint4 g = __ldg(p);
-  if (!SILU) return g;
-  const uint4 u = __ldg(p + up);
-  return make_uint4(silu_mul_bf16x2(g.x, u.x), silu_mul_bf16x2(g.y, u.y), silu_mul_bf16x2(g.z, u.z),
-                    silu_mul_bf16x2(g.w, u.w));
-}
-
-// Programmatic dependent launch (sm_90): the weights do not depend on the previous kernel, so a block
-// launched early asks L2 for its first tile's weights and scales, then waits for the previous kernel's
-// writes (x) with griddepcontrol.wait, and lets the next kernel launch early in turn. Without the launch
-// attribute both griddepcontrol instructions are no-ops.
-__device__ __forceinline__ void prefetch_l2(const void* p, int bytes) {  // p 16-byte aligned, bytes % 16 == 0
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void prefetch_first_tile_then_wait(const uint4* qweight, const uint32_t* sz, int tiles,
-                                                              int chunks, int groups) {
-  constexpr int kPiece = 4096;
-  if (blockIdx.x < tiles) {
-    const char* w = reinterpret_cast<const char*>(qweight + (size_t)blockIdx.x * chunks * 32);
-    const int bytes = chunks * 512;
-    for (int off = threadIdx.x * kPiece; off < bytes; off += blockDim.x * kPiece) prefetch_l2(w + off, min(kPiece, bytes - off));
-    if (threadIdx.x == 0) prefetch_l2(sz + (size_t)blockIdx.x * groups * 16, groups * 64);
-  }
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;");
-}
-
-template <int NT, int WARPS, int UNROLL, bool SILU>
+template <int NT, int WARPS, int UNROLL>
 __global__ void __launch_bounds__(32 * WARPS)
     w4a16_gemm(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ qweight,
                const uint32_t* __restrict__ sz, __nv_bfloat16* __restrict__ y, int m, int n, int k, int ldx,
@@ -126,8 +82,6 @@ __global__ void __launch_bounds__(32 * WARPS)
   extern __shared__ float partial[];  // [2 rounds][WARPS][32 lanes][4 NT]
   const int chunks = k >> 6, groups = k / kGroup, tiles = n >> 4;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int up = k >> 3;  // SILU: uint4 offset of a row's up half
-  prefetch_first_tile_then_wait(qweight, sz, tiles, chunks, groups);
   const uint4* xg[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) xg[j] = reinterpret_cast<const uint4*>(x + (size_t)min(g + 8 * j, m - 1) * ldx) + 2 * t;
@@ -156,8 +110,8 @@ __global__ void __launch_bounds__(32 * WARPS)
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           const bool live = g + 8 * j < m;
-          b[j][0] = live ? load_b<SILU>(xg[j] + 8 * c, up) : make_uint4(0, 0, 0, 0);
-          b[j][1] = live ? load_b<SILU>(xg[j] + 8 * c + 1, up) : make_uint4(0, 0, 0, 0);
+          b[j][0] = live ? __ldg(xg[j] + 8 * c) : make_uint4(0, 0, 0, 0);
+          b[j][1] = live ? __ldg(xg[j] + 8 * c + 1) : make_uint4(0, 0, 0, 0);
         }
         const uint32_t z0 = (sz0[u] & 0xFFFF0000u) | (sz0[u] >> 16), z1 = (sz1[u] & 0xFFFF0000u) | (sz1[u] >> 16);
         float d[NT][4] = {};
@@ -199,12 +153,10 @@ __global__ void __launch_bounds__(32 * WARPS)
   }
 }
 
-int g_pdl = 1;  // launch the GEMM with programmatic stream serialization (er_w4a16_set_pdl)
-
-template <int NT, int WARPS, int UNROLL, bool SILU>
+template <int NT, int WARPS, int UNROLL = 1>
 cudaError_t launch(const void* x, const void* qweight, const void* sz, void* y, int m, int n, int k, int ldx,
                    int ldy, int blocks, cudaStream_t stream) {
-  auto kernel = w4a16_gemm<NT, WARPS, UNROLL, SILU>;
+  auto kernel = w4a16_gemm<NT, WARPS, UNROLL>;
   constexpr int kThreads = 32 * WARPS;
   const int smem = 2 * WARPS * 32 * 4 * NT * (int)sizeof(float);
   static int fit[kMaxDevices] = {};  // per device, once: blocks resident at once (SMs x blocks per SM)
@@ -222,39 +174,11 @@ cudaError_t launch(const void* x, const void* qweight, const void* sz, void* y, 
   }
   if (blocks <= 0) blocks = fit[device];
   if (blocks > n / 16) blocks = n / 16;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = g_pdl;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(blocks);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = &attr;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, static_cast<const __nv_bfloat16*>(x), static_cast<const uint4*>(qweight),
-                            static_cast<const uint32_t*>(sz), static_cast<__nv_bfloat16*>(y), m, n, k, ldx, ldy);
-}
-
-// The block shape per launch. H200, Qwen3-8B layers (results/issue3_decode_gemm_v4_h200.json): 16 warps per
-// tile where there are few tiles (N <= 4096: o_proj, down_proj), 8 where there are many (qkv_proj,
-// gate_up_proj), one chunk in flight per warp: 43 us per decoder layer at M <= 8 (53 us with 16 warps x 4
-// chunks everywhere), 58.5 at M = 16 (72). At M > 16 the few-tile shapes keep 16 x 4, which was faster there
-// (down_proj 24.7 vs 29.0 us).
-template <bool SILU>
-cudaError_t dispatch(const void* x, const void* qweight, const void* sz, void* y, int m, int n, int k, int ldx,
-                     int ldy, int blocks, cudaStream_t s) {
-  const bool few_tiles = n <= 4096;
-  switch ((m + 7) / 8) {
-    case 1: return few_tiles ? launch<1, 16, 1, SILU>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
-                             : launch<1, 8, 1, SILU>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-    case 2: return few_tiles ? launch<2, 16, 1, SILU>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
-                             : launch<2, 8, 1, SILU>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-    case 3: return few_tiles ? launch<3, 16, 4, SILU>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
-                             : launch<3, 8, 1, SILU>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-    default: return few_tiles ? launch<4, 16, 4, SILU>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
-                              : launch<4, 8, 1, SILU>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-  }
+  kernel<<<blocks, kThreads, smem, stream>>>(static_cast<const __nv_bfloat16*>(x),
+                                             static_cast<const uint4*>(qweight),
+                                             static_cast<const uint32_t*>(sz),
+                                             static_cast<__nv_bfloat16*>(y), m, n, k, ldx, ldy);
+  return cudaGetLastError();
 }
 
 // RTN of one group of 128 weights (quantize.rtn_int4 on CUDA, bit for bit): lo = min(w, 0), hi = max(w, 0),
@@ -312,19 +236,29 @@ __global__ void w4a16_requant(const __nv_bfloat16* __restrict__ w, int ldw, uint
 
 }  // namespace
 
-// y[m, n] (row stride ldy) = x[m, k] (row stride ldx, rows 16-byte aligned) times the packed weight; with
-// silu != 0, x[m, 2k] holds [gate | up] and the GEMM multiplies silu(gate) * up. Needs 1 <= m <= 32,
-// n % 16 == 0, k % 128 == 0. blocks <= 0: as many as fit on the GPU at once. Returns a cudaError_t (0 = launched).
+// y[m, n] (row stride ldy) = x[m, k] (row stride ldx, rows 16-byte aligned) times the packed weight.
+// Needs 1 <= m <= 32, n % 16 == 0, k % 128 == 0. blocks <= 0: as many as fit on the GPU at once.
+// Returns a cudaError_t (0 = launched).
 extern "C" int er_w4a16_gemm(const void* x, const void* qweight, const void* sz, void* y, int m, int n, int k,
-                             int ldx, int ldy, int blocks, int silu, void* stream) {
+                             int ldx, int ldy, int blocks, void* stream) {
   if (m < 1 || m > 32 || n % 16 || k % kGroup || ldx % 8) return cudaErrorInvalidValue;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return silu ? dispatch<true>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
-              : dispatch<false>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+  // H200, Qwen3-8B layers (results/issue3_decode_gemm_v4_h200.json): 16 warps per tile where there are few
+  // tiles (N <= 4096: o_proj, down_proj), 8 where there are many (qkv_proj, gate_up_proj), one chunk in flight
+  // per warp: 43 us per decoder layer at M <= 8 (53 us with 16 warps x 4 chunks everywhere), 58.5 at M = 16
+  // (72). At M > 16 the few-tile shapes keep 16 x 4, which was faster there (down_proj 24.7 vs 29.0 us).
+  const bool few_tiles = n <= 4096;
+  switch ((m + 7) / 8) {
+    case 1: return few_tiles ? launch<1, 16>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                             : launch<1, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+    case 2: return few_tiles ? launch<2, 16>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                             : launch<2, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+    case 3: return few_tiles ? launch<3, 16, 4>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                             : launch<3, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+    default: return few_tiles ? launch<4, 16, 4>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                              : launch<4, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+  }
 }
-
-// 1: launch the GEMM as a programmatic dependent of the kernel before it (the default); 0: plain launches.
-extern "C" void er_w4a16_set_pdl(int on) { g_pdl = on != 0; }
 
 // RTN int4 of w[n, k] (bf16, row stride ldw) written into qweight / sz in the GEMM's layout, in place.
 extern "C" int er_w4a16_requant(const void* w, const void* qweight, const void* sz, int n, int k, int ldw,
