@@ -44,6 +44,9 @@ def parse_args():
     p.add_argument("--requant-reps", type=int, default=10)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--mem-fraction", type=float, default=0.55)
+    p.add_argument("--draft-decode-attn", choices=("auto", "tensor-cores", "cuda-cores"), default="auto",
+                   help="the drafter's FlashInfer decode kernel (SGLANG_FLASHINFER_USE_TENSOR_CORE while its backend "
+                        "is made); the target keeps SGLang's choice")
     p.add_argument("--profile-bs", type=int, nargs="*", default=[],
                    help="also list each model's kernels per decode step at these batch sizes (torch profiler)")
     return p.parse_args()
@@ -97,13 +100,24 @@ def time_requant(drafter, target, reps: int) -> list[float]:
     return [drafter.requantize_(target) * 1e3 for _ in range(reps)]
 
 
-def capture_draft_graphs(runner, draft_model):
+def capture_draft_graphs(runner, draft_model, decode_attn: str = "auto"):
     """Decode CUDA graphs of the drafter on the target's runner (its own attention backend), or None."""
     from sglang.srt.model_executor.runner.decode_cuda_graph_runner import DecodeCudaGraphRunner
 
     saved = runner.init_new_workspace, runner.model
+    env = {"auto": None, "tensor-cores": "true", "cuda-cores": "false"}[decode_attn]
     try:
-        backend = runner._get_attention_backend(init_new_workspace=True)
+        before = os.environ.get("SGLANG_FLASHINFER_USE_TENSOR_CORE")
+        if env is not None:
+            os.environ["SGLANG_FLASHINFER_USE_TENSOR_CORE"] = env
+        try:
+            backend = runner._get_attention_backend(init_new_workspace=True)
+        finally:
+            if before is None:
+                os.environ.pop("SGLANG_FLASHINFER_USE_TENSOR_CORE", None)
+            else:
+                os.environ["SGLANG_FLASHINFER_USE_TENSOR_CORE"] = before
+        print(f"drafter decode attention: tensor cores {getattr(backend, 'decode_use_tensor_cores', None)}", flush=True)
         runner.model = draft_model
         return DecodeCudaGraphRunner(runner, attn_backend=backend)
     except Exception as exc:  # noqa: BLE001 - fall back to eager timing, recorded in the JSON
@@ -183,7 +197,7 @@ def decode_batch(runner, bs: int, input_len: int, vocab: int):
 
 def step_rows(runner, drafter, args) -> list[dict]:
     target_graphs = runner.decode_cuda_graph_runner
-    draft_graphs = capture_draft_graphs(runner, drafter.model)
+    draft_graphs = capture_draft_graphs(runner, drafter.model, args.draft_decode_attn)
     graphs = draft_graphs is not None and target_graphs is not None
     rows = []
     for bs in args.bs:
