@@ -48,10 +48,11 @@ def test_gemm_equals_x_times_dequantized_weight(m):
 
 
 # Warps with no chunk (K = 128: 2 chunks for 16 warps), tiles not a multiple of the grid, K = 12288, a tiny
-# grid whose blocks each stream many tiles, and both block shapes (16 warps for N <= 4096, 8 above) at every
-# M tile count (NT = 1..4; at NT > 2 a block of 8 warps reduces in two passes).
+# grid whose blocks each stream many tiles, and every block shape at every M tile count (NT = 1..4; at NT > 2 a
+# block of 8 warps reduces in two passes): 16 warps for N <= 4096, 8 above, and at M > 8 2 or 4 tiles per block
+# for N <= 4096 and N >= 16384 (1040 and 16400 rows: a tile count those do not divide, one tile per block).
 @pytest.mark.parametrize("n,k,blocks", [(64, 128, 0), (1040, 12288, 0), (4096, 4096, 3), (6144, 1152, 7),
-                                         (24576, 4096, 0)])
+                                         (24576, 4096, 0), (16448, 128, 5), (16400, 256, 0)])
 @pytest.mark.parametrize("m", [1, 8, 16, 20, 32])
 def test_gemm_shapes_and_grids(n, k, blocks, m):
     w = (torch.randn(n, k, device="cuda") * 0.02).bfloat16()

@@ -19,10 +19,11 @@
 //            16-byte loads straight from x, no staging.)
 //   sz       int32 [N/16][K/G][16 rows]: low 16 bits bf16 scale s, high 16 bits bf16 (128 + z).
 // Each 64-k chunk is four MMAs into fresh fp32 registers, scaled per row, then added to the row's sum.
-// The WARPS warps of a block split K (warp w takes chunks w, w + WARPS, ...); shared memory sums them, in
-// two alternating buffers so one barrier per tile suffices. WARPS and UNROLL (chunks whose loads a warp
-// issues before using the first) are picked per launch (er_w4a16_gemm) from a sweep on an H200, 8B shapes:
-// one chunk in flight per warp and more resident blocks beat deeper per-warp unrolling.
+// A block takes TILES adjacent tiles at a time (x is read once per chunk for all of them); its WARPS warps
+// split K (warp w takes chunks w, w + WARPS, ...), and shared memory sums them, in two alternating buffers so
+// one barrier per tile suffices. WARPS, UNROLL (chunks whose loads a warp issues before using the first) and
+// TILES are picked per launch (er_w4a16_gemm) from sweeps on an H200, 8B shapes: at M <= 8 one chunk in
+// flight per warp and more resident blocks beat deeper unrolling; above, fewer x reads pay.
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -74,89 +75,103 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }
 
-template <int NT, int WARPS, int UNROLL>
+template <int NT, int WARPS, int UNROLL, int TILES>
 __global__ void __launch_bounds__(32 * WARPS)
     w4a16_gemm(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ qweight,
                const uint32_t* __restrict__ sz, __nv_bfloat16* __restrict__ y, int m, int n, int k, int ldx,
                int ldy) {
   extern __shared__ float partial[];  // [2 rounds][WARPS][32 lanes][4 NT]
-  const int chunks = k >> 6, groups = k / kGroup, tiles = n >> 4;
+  const int chunks = k >> 6, groups = k / kGroup, tile_groups = (n >> 4) / TILES;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const uint4* xg[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) xg[j] = reinterpret_cast<const uint4*>(x + (size_t)min(g + 8 * j, m - 1) * ldx) + 2 * t;
 
-  for (int tile = blockIdx.x, round = 0; tile < tiles; tile += gridDim.x, round ^= 1) {
-    const uint4* wt = qweight + (size_t)tile * chunks * 32 + lane;
-    const uint32_t* szt = sz + (size_t)tile * groups * 16;
-    float acc[NT][4] = {};
+  int round = 0;
+  for (int tg = blockIdx.x; tg < tile_groups; tg += gridDim.x) {
+    const uint4* wt = qweight + (size_t)tg * TILES * chunks * 32 + lane;  // tile i of the group at + i chunks 32
+    const uint32_t* szt = sz + (size_t)tg * TILES * groups * 16;          // and + i groups 16
+    float acc[TILES][NT][4] = {};
     for (int c0 = warp; c0 < chunks; c0 += WARPS * UNROLL) {
-      uint4 w[UNROLL];
-      uint32_t sz0[UNROLL], sz1[UNROLL];
+      uint4 w[UNROLL][TILES];
+      uint32_t sz0[UNROLL][TILES], sz1[UNROLL][TILES];
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
         const int c = c0 + u * WARPS;
         if (c < chunks) {
-          w[u] = load_streaming(wt + (size_t)c * 32);
-          sz0[u] = __ldg(szt + (c >> 1) * 16 + g);
-          sz1[u] = __ldg(szt + (c >> 1) * 16 + g + 8);
+#pragma unroll
+          for (int i = 0; i < TILES; ++i) {
+            w[u][i] = load_streaming(wt + ((size_t)i * chunks + c) * 32);
+            sz0[u][i] = __ldg(szt + (i * groups + (c >> 1)) * 16 + g);
+            sz1[u][i] = __ldg(szt + (i * groups + (c >> 1)) * 16 + g + 8);
+          }
         }
       }
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
         const int c = c0 + u * WARPS;
         if (c >= chunks) break;
-        uint4 b[NT][2];
+        uint4 b[NT][2];  // x is read once per chunk for all TILES tiles
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           const bool live = g + 8 * j < m;
           b[j][0] = live ? __ldg(xg[j] + 8 * c) : make_uint4(0, 0, 0, 0);
           b[j][1] = live ? __ldg(xg[j] + 8 * c + 1) : make_uint4(0, 0, 0, 0);
         }
-        const uint32_t z0 = (sz0[u] & 0xFFFF0000u) | (sz0[u] >> 16), z1 = (sz1[u] & 0xFFFF0000u) | (sz1[u] >> 16);
-        float d[NT][4] = {};
 #pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          const uint32_t word = word_of(w[u], s);
-          const uint32_t a0 = code_pair(word, 0, z0), a1 = code_pair(word, 1, z1);
-          const uint32_t a2 = code_pair(word, 2, z0), a3 = code_pair(word, 3, z1);
+        for (int i = 0; i < TILES; ++i) {
+          const uint32_t z0 = (sz0[u][i] & 0xFFFF0000u) | (sz0[u][i] >> 16);
+          const uint32_t z1 = (sz1[u][i] & 0xFFFF0000u) | (sz1[u][i] >> 16);
+          float d[NT][4] = {};
 #pragma unroll
-          for (int j = 0; j < NT; ++j)
-            mma_bf16(d[j], a0, a1, a2, a3, word_of(b[j][s >> 1], (2 * s) & 3), word_of(b[j][s >> 1], (2 * s + 1) & 3));
-        }
-        const float s0 = __uint_as_float(sz0[u] << 16), s1 = __uint_as_float(sz1[u] << 16);
+          for (int s = 0; s < 4; ++s) {
+            const uint32_t word = word_of(w[u][i], s);
+            const uint32_t a0 = code_pair(word, 0, z0), a1 = code_pair(word, 1, z1);
+            const uint32_t a2 = code_pair(word, 2, z0), a3 = code_pair(word, 3, z1);
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          acc[j][0] += d[j][0] * s0;
-          acc[j][1] += d[j][1] * s0;
-          acc[j][2] += d[j][2] * s1;
-          acc[j][3] += d[j][3] * s1;
+            for (int j = 0; j < NT; ++j)
+              mma_bf16(d[j], a0, a1, a2, a3, word_of(b[j][s >> 1], (2 * s) & 3),
+                       word_of(b[j][s >> 1], (2 * s + 1) & 3));
+          }
+          const float s0 = __uint_as_float(sz0[u][i] << 16), s1 = __uint_as_float(sz1[u][i] << 16);
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            acc[i][j][0] += d[j][0] * s0;
+            acc[i][j][1] += d[j][1] * s0;
+            acc[i][j][2] += d[j][2] * s1;
+            acc[i][j][3] += d[j][3] * s1;
+          }
         }
       }
     }
-    float* mine = partial + ((size_t)(round * WARPS + warp) * 32 + lane) * 4 * NT;
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
+    for (int i = 0; i < TILES; ++i, round ^= 1) {  // one barrier per tile: the two buffers alternate
+      const int tile = tg * TILES + i;
+      float* mine = partial + ((size_t)(round * WARPS + warp) * 32 + lane) * 4 * NT;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) mine[4 * j + i] = acc[j][i];
-    __syncthreads();
-    // one thread per (lane, accumulator): rows g / g + 8, tokens 8j + 2t (+1); 128 NT of them, more than a
-    // block of 8 warps has at NT > 2
-    for (int id = threadIdx.x; id < 128 * NT; id += 32 * WARPS) {
-      const int l = id / (4 * NT), i = id % (4 * NT), j = i >> 2, ii = i & 3;
-      float v = 0.f;
+      for (int j = 0; j < NT; ++j)
 #pragma unroll
-      for (int w = 0; w < WARPS; ++w) v += partial[((size_t)(round * WARPS + w) * 32 + l) * 4 * NT + i];
-      const int row = tile * 16 + (l >> 2) + (ii >= 2 ? 8 : 0), token = 8 * j + 2 * (l & 3) + (ii & 1);
-      if (token < m) y[(size_t)token * ldy + row] = __float2bfloat16(v);
+        for (int e = 0; e < 4; ++e) mine[4 * j + e] = acc[i][j][e];
+      __syncthreads();
+      // one thread per (lane, accumulator): rows g / g + 8, tokens 8j + 2t (+1); 128 NT of them, more than a
+      // block of 8 warps has at NT > 2
+      for (int id = threadIdx.x; id < 128 * NT; id += 32 * WARPS) {
+        const int l = id / (4 * NT), e = id % (4 * NT), j = e >> 2, ee = e & 3;
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) v += partial[((size_t)(round * WARPS + w) * 32 + l) * 4 * NT + e];
+        const int row = tile * 16 + (l >> 2) + (ee >= 2 ? 8 : 0), token = 8 * j + 2 * (l & 3) + (ee & 1);
+        if (token < m) y[(size_t)token * ldy + row] = __float2bfloat16(v);
+      }
     }
   }
 }
 
-template <int NT, int WARPS, int UNROLL = 1>
+template <int NT, int WARPS, int UNROLL = 1, int TILES = 1>
 cudaError_t launch(const void* x, const void* qweight, const void* sz, void* y, int m, int n, int k, int ldx,
                    int ldy, int blocks, cudaStream_t stream) {
-  auto kernel = w4a16_gemm<NT, WARPS, UNROLL>;
+  if ((n / 16) % TILES) return launch<NT, WARPS, UNROLL, 1>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, stream);
+  auto kernel = w4a16_gemm<NT, WARPS, UNROLL, TILES>;
   constexpr int kThreads = 32 * WARPS;
   const int smem = 2 * WARPS * 32 * 4 * NT * (int)sizeof(float);
   static int fit[kMaxDevices] = {};  // per device, once: blocks resident at once (SMs x blocks per SM)
@@ -173,7 +188,7 @@ cudaError_t launch(const void* x, const void* qweight, const void* sz, void* y, 
     fit[device] = sms * (per_sm > 0 ? per_sm : 1);
   }
   if (blocks <= 0) blocks = fit[device];
-  if (blocks > n / 16) blocks = n / 16;
+  if (blocks > n / 16 / TILES) blocks = n / 16 / TILES;
   kernel<<<blocks, kThreads, smem, stream>>>(static_cast<const __nv_bfloat16*>(x),
                                              static_cast<const uint4*>(qweight),
                                              static_cast<const uint32_t*>(sz),
@@ -243,20 +258,22 @@ extern "C" int er_w4a16_gemm(const void* x, const void* qweight, const void* sz,
                              int ldx, int ldy, int blocks, void* stream) {
   if (m < 1 || m > 32 || n % 16 || k % kGroup || ldx % 8) return cudaErrorInvalidValue;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  // H200, Qwen3-8B layers (results/issue3_decode_gemm_v4_h200.json): 16 warps per tile where there are few
-  // tiles (N <= 4096: o_proj, down_proj), 8 where there are many (qkv_proj, gate_up_proj), one chunk in flight
-  // per warp: 43 us per decoder layer at M <= 8 (53 us with 16 warps x 4 chunks everywhere), 58.5 at M = 16
-  // (72). At M > 16 the few-tile shapes keep 16 x 4, which was faster there (down_proj 24.7 vs 29.0 us).
-  const bool few_tiles = n <= 4096;
+  // H200, Qwen3-8B layers, L2-cold (results/issue3_decode_gemm_v4_h200.json, results/issue3_decode_gemm_tiles_h200.json):
+  // M <= 8: 16 warps per tile where there are few tiles (N <= 4096: o_proj, down_proj), 8 where there are many
+  // (qkv_proj, gate_up_proj), one chunk in flight per warp: 43 us per decoder layer (53 with 16 warps x 4 chunks
+  // everywhere). M > 8: every tile re-reads all of x from L2, so the few-tile shapes and the widest (N >= 16384:
+  // gate_up_proj) give each block 2 or 4 adjacent tiles per x read; qkv_proj was fastest with one.
+  const bool few_tiles = n <= 4096, widest = n >= 16384;
   switch ((m + 7) / 8) {
     case 1: return few_tiles ? launch<1, 16>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
                              : launch<1, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-    case 2: return few_tiles ? launch<2, 16>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+    case 2: return few_tiles ? launch<2, 16, 4, 2>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                   : widest  ? launch<2, 4, 1, 4>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
                              : launch<2, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-    case 3: return few_tiles ? launch<3, 16, 4>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
-                             : launch<3, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
-    default: return few_tiles ? launch<4, 16, 4>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
-                              : launch<4, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+    case 3: return few_tiles || widest ? launch<3, 16, 1, 2>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                                       : launch<3, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
+    default: return few_tiles || widest ? launch<4, 16, 1, 2>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s)
+                                        : launch<4, 8>(x, qweight, sz, y, m, n, k, ldx, ldy, blocks, s);
   }
 }
 
