@@ -221,6 +221,19 @@ def plain_k0_enabled(environ=None) -> bool:
     return raw == "1"
 
 
+K0_SAMPLER_ENV = "ER_VERL_K0_SAMPLER"
+
+
+def gumbel_k0_enabled(environ=None) -> bool:
+    """``ER_VERL_K0_SAMPLER``: "torch" (default, ``verify.sample_tokens``) or "gumbel" (``gumbel.sample_tokens``
+    for K=0 batches without top-k/top-p/min-p). The Gumbel kernel's GPU tests have not passed yet (2026-11-26:
+    the first host run failed, see results/logs/issue5_k0_sampler_2026-11-26/), so it stays opt-in."""
+    raw = (environ if environ is not None else os.environ).get(K0_SAMPLER_ENV, "").strip() or "torch"
+    if raw not in ("torch", "gumbel"):
+        raise ValueError(f"{K0_SAMPLER_ENV}={raw!r}: expected torch (default) or gumbel")
+    return raw == "gumbel"
+
+
 PLAIN_GRAPH_MAX_BS_ENV = "ER_VERL_PLAIN_GRAPH_MAX_BS"
 
 
@@ -259,8 +272,10 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
     eagerly (``graphs.attn_backend`` planned for this batch, as SGLang's eager decode), never SGLang's
     one-token TARGET_VERIFY pass (2x slower than a plain eager decode at bs 256-511 on the H200). The bonus
     token x̂ at position n is fed, its target K/V written to ``req_to_token[r, n]``, and the next token is
-    drawn from p by ``verify.sample_tokens`` (SGLang's temperature / top-k / top-p / min-p semantics,
-    greedy = argmax; the same draws as ``verify.draft_sample`` without building q). On the H200 this lean step
+    drawn from p by ``verify.sample_tokens`` (SGLang's temperature / top-k / top-p / min-p semantics, greedy =
+    argmax; the same draws as ``verify.draft_sample`` without building q). With ``ER_VERL_K0_SAMPLER=gumbel``
+    (opt-in, not yet verified on the GPU) a batch without filtering is drawn by ``gumbel.sample_tokens``, one
+    Triton pass over the logits. On the H200 this lean step
     (~20 fewer eager ops than with ``draft_sample`` and ``round_fields``) cut the host time per K=0 call from
     ~2.0 to ~1.1 ms and ran 186 / 1381 / 4677 tok/s at bs 1 / 8 / 32 against 183 / 1363 / 4608 (plain SGLang
     188 / 1395 / 4722; ``results/issue4_lean_k0_h200.json``)."""
@@ -289,7 +304,12 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
         profiler.launched()
     s = SamplingTensors.of(batch.sampling_info)
     logits = logits_output.next_token_logits
-    token = verify.sample_tokens(logits, s.temperature, s.top_k, s.top_p, s.min_p, gen, s.need_filter)
+    if logits.is_cuda and not s.need_filter and getattr(worker, "gumbel_k0", False):
+        from er_verl.engine import gumbel  # one Triton pass over the logits instead of ~8 torch kernels
+
+        token = gumbel.sample_tokens(logits, s.temperature, s.top_k, gen)
+    else:
+        token = verify.sample_tokens(logits, s.temperature, s.top_k, s.top_p, s.min_p, gen, s.need_filter)
     return _result(batch, batch.seq_lens, logits_output, token[:, None], None, 0, s, can_graph=can_graph,
                    keep_alive=forward_batch, fields=k0_fields(token, batch.seq_lens))
 

@@ -182,6 +182,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.speculative_num_steps_max = self.speculative_num_steps  # Kmax (the launch state)
         self.forced_k = spec_round.forced_k_from_env(self.speculative_num_steps)
         self.force_alpha = verify.forced_accept_alpha()
+        self.gumbel_k0 = spec_round.gumbel_k0_enabled()  # read once: a bad value fails the launch, not a step
         self.batch_alpha = self.force_alpha  # this batch's α (per-request overrides), set by on_batch
         self.bad_params_warned = False
         self.forced_warning = spec_round.ForcedWarning()

@@ -355,6 +355,15 @@ def test_plain_k0_is_on_by_default_and_checked():
         plain_k0_enabled({"ER_VERL_PLAIN_K0": "yes"})
 
 
+def test_gumbel_k0_sampler_is_opt_in_and_checked():
+    from er_verl.engine.spec_round import gumbel_k0_enabled
+
+    assert gumbel_k0_enabled({}) is False and gumbel_k0_enabled({"ER_VERL_K0_SAMPLER": "torch"}) is False
+    assert gumbel_k0_enabled({"ER_VERL_K0_SAMPLER": "gumbel"}) is True
+    with pytest.raises(ValueError, match="ER_VERL_K0_SAMPLER='triton'"):
+        gumbel_k0_enabled({"ER_VERL_K0_SAMPLER": "triton"})
+
+
 def test_plain_graph_max_bs_extends_the_k0_graph_list_only_while_capturing():
     from types import SimpleNamespace
 
