@@ -14,10 +14,11 @@ kernel reduces.
 
 Status: opt-in (``ER_VERL_K0_SAMPLER=gumbel``), not verified on the GPU. Its first GPU test run (2026-11-26,
 results/logs/issue5_k0_sampler_2026-11-26/) failed all three tests. The two distribution tests measured total
-variation over 151,936 bins that mostly hold no sample, which fails for any sampler (fixed: the tail now holds
-~1e-9 of the mass; checked on CPU with torch.multinomial draws in the kernel's place: p = 0.96, TV 0.010). Why the CPU
-interpreter probe failed on the host was not captured. No device time was left to rerun them. That the sampler
-causes ours' 3.7-4.6% slower K=0 steps at bs 256-511 is a hypothesis (an estimate of its passes), not a measurement.
+variation over 151,936 bins that mostly hold no sample, which fails for any sampler (fixed: the tail now
+holds ~1e-9 of the mass; checked on CPU with torch.multinomial draws in the kernel's place: p = 0.96,
+TV 0.010). Why the CPU interpreter probe failed on the host was not captured. No device time was left to
+rerun them. That the sampler causes ours' 3.7-4.6% slower K=0 steps at bs 256-511 is a hypothesis (an
+estimate of its passes), not a measurement.
 
 Randomness: the Philox key of a call is drawn from the caller's ``torch.Generator`` (its offset is advanced
 on the host, no synchronisation), so a seeded engine samples deterministically. Not for CUDA-graph capture.
@@ -29,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-GREEDY_EPS = 1e-6   # sglang/srt/sampling/sampling_params.py:144, as verify.GREEDY_EPS
+from er_verl.engine.verify import GREEDY_EPS  # SGLang's greedy rule: T below it (or top_k = 1)
+
 BLOCK = 2048        # vocab entries per loop step of a program
 TARGET_PROGRAMS = 528  # 4 per SM of an H200: below this many rows, rows are split into chunks
 
