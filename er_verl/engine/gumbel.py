@@ -4,21 +4,13 @@ A plain sample of p = softmax(logits / T) is argmax_v (logits_v / T + G_v) with 
 U_v ~ U[0, 1) i.i.d. (the Gumbel-max trick; the same law as ``verify._race``'s argmax p_v / E_v, since
 −log E_v is Gumbel). Greedy rows (T < 1e-6 or top_k = 1, SGLang's rule) take argmax_v logits_v.
 
-``verify.sample_tokens`` built this from ~8 torch kernels, each a pass over the [B, V] fp32 logits (softmax,
-exponential noise, clamp, divide, two argmaxes); at bs 256–511 of an 8B model on the H200 (V = 151,936,
-~0.24 GB of logits) that is ~0.8 ms per step by an estimate of its memory passes, and ours' K=0 steps
-measured 3.7–4.6% slower than plain SGLang's there (``results/issue5_bench_rollout_8b_h200_run6.json``,
-2026-11-26). Here one Triton kernel reads the logits once and draws U from Philox in registers; when the
-batch is too small to fill the GPU, each row is split into chunks whose (score, index) pairs a second small
-kernel reduces.
+``verify.sample_tokens`` builds this from ~8 torch kernels, each a pass over the [B, V] fp32 logits (softmax,
+exponential noise, clamp, divide, two argmaxes). Here a program per (row, block of BLOCK vocab entries) reads
+its logits once and draws U from Philox in registers (four uniforms per Philox call), and a second small
+kernel picks each row's best block. No loop runs over a runtime bound (Triton's interpreter on the GPU host,
+numpy 2.4, cannot take one).
 
-Status: opt-in (``ER_VERL_K0_SAMPLER=gumbel``), not verified on the GPU. Its first GPU test run (2026-11-26,
-results/logs/issue5_k0_sampler_2026-11-26/) failed all three tests. The two distribution tests measured total
-variation over 151,936 bins that mostly hold no sample, which fails for any sampler (fixed: the tail now
-holds ~1e-9 of the mass; checked on CPU with torch.multinomial draws in the kernel's place: p = 0.96,
-TV 0.010). Why the CPU interpreter probe failed on the host was not captured. No device time was left to
-rerun them. That the sampler causes ours' 3.7-4.6% slower K=0 steps at bs 256-511 is a hypothesis (an
-estimate of its passes), not a measurement.
+Status: opt-in (``ER_VERL_K0_SAMPLER=gumbel``).
 
 Randomness: the Philox key of a call is drawn from the caller's ``torch.Generator`` (its offset is advanced
 on the host, no synchronisation), so a seeded engine samples deterministically. Not for CUDA-graph capture.
@@ -32,62 +24,76 @@ import triton.language as tl
 
 from er_verl.engine.verify import GREEDY_EPS  # SGLang's greedy rule: T below it (or top_k = 1)
 
-BLOCK = 2048        # vocab entries per loop step of a program
-TARGET_PROGRAMS = 528  # 4 per SM of an H200: below this many rows, rows are split into chunks
+BLOCK = 2048  # vocab entries per program (a multiple of 4: one Philox call gives four uniforms, so a
+# program draws its block as four quarters); a row of V entries is cdiv(V, BLOCK) programs
 
 
 @triton.jit
-def _chunk_argmax(logits_ptr, stride, temperature_ptr, top_k_ptr, score_ptr, index_ptr, greedy_ptr,
-                  vocab, chunk_len, num_chunks, seed, greedy_eps, BLOCK: tl.constexpr):
-    """Program (row, chunk): the best Gumbel score and its index, and the largest logit and its index, over
-    the chunk's vocab entries, written to [row, chunk] of score/index (sampled) and greedy (index only)."""
-    row, chunk = tl.program_id(0), tl.program_id(1)
+def _fold(row_ptr, start, lane, vocab, u, inv_t, best_s, best_i, best_x, best_xi):
+    """Fold the logits at vocab indices start + lane (uniforms u) into the running best Gumbel score and
+    largest logit, with their indices; strict comparisons keep the earlier index on a tie."""
+    cols = start + lane
+    x = tl.load(row_ptr + cols, mask=cols < vocab, other=-float("inf")).to(tl.float32)
+    s = x * inv_t - tl.log(-tl.log(u))  # u = 0 gives -inf: never drawn; masked lanes hold x = -inf
+    m = tl.max(s, 0)
+    take = m > best_s
+    best_i = tl.where(take, start + tl.argmax(s, 0), best_i)
+    best_s = tl.where(take, m, best_s)
+    mx = tl.max(x, 0)
+    take_x = mx > best_x
+    best_xi = tl.where(take_x, start + tl.argmax(x, 0), best_xi)
+    best_x = tl.where(take_x, mx, best_x)
+    return best_s, best_i, best_x, best_xi
+
+
+@triton.jit
+def _block_argmax(logits_ptr, stride, temperature_ptr, top_k_ptr, score_ptr, index_ptr, greedy_ptr,
+                  vocab, num_blocks, seed, greedy_eps, QUARTER: tl.constexpr):
+    """Program (row, block): the best Gumbel score and its index (the largest logit's index for a greedy row)
+    and the largest logit over the block's 4 * QUARTER vocab entries, written to slot [row, block]."""
+    row, block = tl.program_id(0), tl.program_id(1)
     t = tl.load(temperature_ptr + row)
     top_k = tl.load(top_k_ptr + row)
     is_greedy = (t < greedy_eps) | (top_k == 1)
     inv_t = 1.0 / tl.where(is_greedy, 1.0, t)
+    lane = tl.arange(0, QUARTER)
+    # one Philox counter per (row, block, lane): row * vocab + block * QUARTER + lane < (row + 1) * vocab
+    u0, u1, u2, u3 = tl.rand4x(seed, row * vocab + block * QUARTER + lane)
     best_s = tl.full((), -float("inf"), tl.float32)
     best_x = tl.full((), -float("inf"), tl.float32)
     best_i = tl.zeros((), tl.int32)
     best_xi = tl.zeros((), tl.int32)
-    start = chunk * chunk_len
-    for off in range(0, chunk_len, BLOCK):
-        cols = start + off + tl.arange(0, BLOCK)
-        live = (cols < vocab) & (off + tl.arange(0, BLOCK) < chunk_len)
-        x = tl.load(logits_ptr + row * stride + cols, mask=live, other=-float("inf")).to(tl.float32)
-        u = tl.rand(seed, row * vocab + cols)
-        s = tl.where(live, x * inv_t - tl.log(-tl.log(u)), -float("inf"))  # u = 0 gives -inf: never drawn
-        m = tl.max(s, 0)
-        i = tl.argmax(s, 0)
-        take = m > best_s  # strict: the earlier index keeps a tie
-        best_i = tl.where(take, start + off + i, best_i)
-        best_s = tl.where(take, m, best_s)
-        mx = tl.max(x, 0)
-        ix = tl.argmax(x, 0)
-        take_x = mx > best_x
-        best_xi = tl.where(take_x, start + off + ix, best_xi)
-        best_x = tl.where(take_x, mx, best_x)
-    slot = row * num_chunks + chunk
+    base = block * 4 * QUARTER
+    row_ptr = logits_ptr + row * stride
+    best_s, best_i, best_x, best_xi = _fold(row_ptr, base, lane, vocab, u0, inv_t,
+                                            best_s, best_i, best_x, best_xi)
+    best_s, best_i, best_x, best_xi = _fold(row_ptr, base + 1 * QUARTER, lane, vocab, u1, inv_t,
+                                            best_s, best_i, best_x, best_xi)
+    best_s, best_i, best_x, best_xi = _fold(row_ptr, base + 2 * QUARTER, lane, vocab, u2, inv_t,
+                                            best_s, best_i, best_x, best_xi)
+    best_s, best_i, best_x, best_xi = _fold(row_ptr, base + 3 * QUARTER, lane, vocab, u3, inv_t,
+                                            best_s, best_i, best_x, best_xi)
+    slot = row * num_blocks + block
     tl.store(score_ptr + slot, best_s)
     tl.store(index_ptr + slot, tl.where(is_greedy, best_xi, best_i))
     tl.store(greedy_ptr + slot, best_x)
 
 
 @triton.jit
-def _reduce_chunks(score_ptr, index_ptr, greedy_ptr, temperature_ptr, top_k_ptr, out_ptr, num_chunks,
-                   greedy_eps, CHUNKS: tl.constexpr):
-    """Program row: the chunk with the best score (sampled) or the largest logit (greedy); its index."""
+def _reduce_blocks(score_ptr, index_ptr, greedy_ptr, temperature_ptr, top_k_ptr, out_ptr, num_blocks,
+                   greedy_eps, BLOCKS: tl.constexpr):
+    """Program row: the block with the best score (sampled) or the largest logit (greedy); its index."""
     row = tl.program_id(0)
-    c = tl.arange(0, CHUNKS)
-    live = c < num_chunks
+    c = tl.arange(0, BLOCKS)
+    live = c < num_blocks
     t = tl.load(temperature_ptr + row)
     top_k = tl.load(top_k_ptr + row)
     is_greedy = (t < greedy_eps) | (top_k == 1)
-    score = tl.load(score_ptr + row * num_chunks + c, mask=live, other=-float("inf"))
-    x = tl.load(greedy_ptr + row * num_chunks + c, mask=live, other=-float("inf"))
+    score = tl.load(score_ptr + row * num_blocks + c, mask=live, other=-float("inf"))
+    x = tl.load(greedy_ptr + row * num_blocks + c, mask=live, other=-float("inf"))
     key = tl.where(is_greedy, x, score)
     best = tl.argmax(key, 0)
-    tl.store(out_ptr + row, tl.load(index_ptr + row * num_chunks + best).to(tl.int64))
+    tl.store(out_ptr + row, tl.load(index_ptr + row * num_blocks + best).to(tl.int64))
 
 
 def philox_seed(gen: torch.Generator, draws: int) -> int:
@@ -101,13 +107,6 @@ def philox_seed(gen: torch.Generator, draws: int) -> int:
     return (seed * 0x9E3779B1 + offset) % (2**31 - 1)
 
 
-def num_chunks(batch: int, vocab: int) -> int:
-    """Chunks per row: enough programs to fill the GPU (TARGET_PROGRAMS), each at least BLOCK entries."""
-    if batch >= TARGET_PROGRAMS:
-        return 1
-    return max(1, min(-(-TARGET_PROGRAMS // batch), -(-vocab // BLOCK)))
-
-
 def sample_tokens(logits: torch.Tensor,       # [B, V] fp32 or bf16, CUDA, rows contiguous
                   temperature: torch.Tensor,  # [B] float
                   top_k: torch.Tensor,        # [B] int (only top_k == 1 is read: greedy)
@@ -117,18 +116,17 @@ def sample_tokens(logits: torch.Tensor,       # [B, V] fp32 or bf16, CUDA, rows 
     batch, vocab = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    chunks = num_chunks(batch, vocab)
-    chunk_len = -(-vocab // chunks)
+    blocks = triton.cdiv(vocab, BLOCK)
     dev = logits.device
-    score = torch.empty(batch * chunks, dtype=torch.float32, device=dev)
-    index = torch.empty(batch * chunks, dtype=torch.int32, device=dev)
-    greedy = torch.empty(batch * chunks, dtype=torch.float32, device=dev)
+    score = torch.empty(batch * blocks, dtype=torch.float32, device=dev)
+    index = torch.empty(batch * blocks, dtype=torch.int32, device=dev)
+    greedy = torch.empty(batch * blocks, dtype=torch.float32, device=dev)
     seed = philox_seed(gen, batch * vocab)
     temperature = temperature.reshape(-1)
     top_k = top_k.reshape(-1)
-    _chunk_argmax[(batch, chunks)](logits, logits.stride(0), temperature, top_k, score, index, greedy,
-                                   vocab, chunk_len, chunks, seed, GREEDY_EPS, BLOCK=BLOCK)
+    _block_argmax[(batch, blocks)](logits, logits.stride(0), temperature, top_k, score, index, greedy,
+                                   vocab, blocks, seed, GREEDY_EPS, QUARTER=BLOCK // 4)
     out = torch.empty(batch, dtype=torch.int64, device=dev)
-    _reduce_chunks[(batch,)](score, index, greedy, temperature, top_k, out, chunks, GREEDY_EPS,
-                             CHUNKS=triton.next_power_of_2(chunks))
+    _reduce_blocks[(batch,)](score, index, greedy, temperature, top_k, out, blocks, GREEDY_EPS,
+                             BLOCKS=triton.next_power_of_2(blocks))
     return out
