@@ -63,9 +63,9 @@ def engine_launch(mode: str, args, model_path: str, timeline: str):
     cfg = EfficientConfig(max_draft_len=args.kmax, gate="auto", bandit=mode == "bandit", seed=args.seed)
     ours = self_draft_server_args(cfg, model_path, requests)
     ours["attention_backend"] = args.ours_attention
-    # The efficient_sglang server's graph sizes: drafter / verify graphs within FlashInfer's workspace, K=0
-    # graphs as far as plain's.
-    graph_args, graph_env = graph_sizes(args.kmax, requests, {"cuda_graph_max_bs_decode": decode.GRAPH_BS})
+    # The efficient_sglang server's default graph sizes: drafter / verify graphs within FlashInfer's workspace,
+    # K=0 graphs to K0_GRAPH_MAX_BS (past plain SGLang's default, which the plain mode keeps).
+    graph_args, graph_env = graph_sizes(args.kmax, requests, {})
     ours.update(graph_args)
     env = {**off, "ER_VERL_ENGINE": "1", "ER_VERL_FORCE_ACCEPT": "0.5", "ER_VERL_TIMELINE": timeline, **graph_env}
     if mode == "fixed":

@@ -149,11 +149,14 @@ def self_draft_env(forced_k: Optional[int] = None, cfg: Optional[EfficientConfig
 # Decode CUDA-graph sizes of a self-draft server. SGLang captures the target's Kmax+1-token verify graphs for
 # every size of its decode list, and FlashInfer's workspace (pinned to 512 MB for Qwen2/Qwen3) overflowed at
 # bs 256 with K=5 (1536 tokens, H200) while bs 128 (768 tokens) captured: the drafter and verify graphs stay
-# within SPEC_GRAPH_TOKENS. The K=0 steps are plain decodes and get their own graphs
-# (ER_VERL_PLAIN_GRAPH_MAX_BS), up to what plain SGLang would capture: PLAIN_GRAPH_MAX_BS, SGLang's default for
-# an H100/H200-class GPU at tp < 4 (server_args.py), or the user's cuda_graph_max_bs_decode.
+# within SPEC_GRAPH_TOKENS. The K=0 steps are plain decodes and get their own graphs (ER_VERL_PLAIN_GRAPH_MAX_BS)
+# up to K0_GRAPH_MAX_BS unless the user sets cuda_graph_max_bs_decode. That is past plain SGLang's own default
+# (PLAIN_GRAPH_MAX_BS, for an H100/H200-class GPU at tp < 4, server_args.py): above it both decode eagerly, and
+# an eager 8B step at bs 256-400 is bound by the host's kernel launches (H200, 2026-11-26: 15.6-25 ms of host
+# time before the step's last launch, results/issue5_k0_large_bs_h200.json), so graphs there pay.
 SPEC_GRAPH_TOKENS = 768
 PLAIN_GRAPH_MAX_BS = 256
+K0_GRAPH_MAX_BS = 512
 USER_GRAPH_KEYS = ("cuda_graph_max_bs_decode", "cuda_graph_bs_decode", "cuda_graph_config")
 
 
@@ -165,12 +168,12 @@ def spec_graph_bs_cap(kmax: int) -> int:
 def graph_sizes(kmax: int, max_running_requests: Optional[int], user: dict) -> tuple[dict[str, Any], dict[str, str]]:
     """(ServerArgs kwargs, environment) for a self-draft server's decode graphs, given the user's
     ``engine_kwargs.sglang``. The drafter / verify graphs reach bs ⌊SPEC_GRAPH_TOKENS/(Kmax+1)⌋ (128 at Kmax 5);
-    K=0 graphs reach the user's ``cuda_graph_max_bs_decode``, else PLAIN_GRAPH_MAX_BS, never past
+    K=0 graphs reach the user's ``cuda_graph_max_bs_decode``, else K0_GRAPH_MAX_BS, never past
     ``max_running_requests``. A user's explicit list (``cuda_graph_bs_decode``) or ``cuda_graph_config`` is
     left as it is: nothing is returned."""
     if any(user.get(key) is not None for key in USER_GRAPH_KEYS[1:]):
         return {}, {}
-    plain = user.get("cuda_graph_max_bs_decode") or PLAIN_GRAPH_MAX_BS
+    plain = user.get("cuda_graph_max_bs_decode") or K0_GRAPH_MAX_BS
     if isinstance(plain, bool) or not isinstance(plain, int) or plain < 1:
         raise ValueError(f"engine_kwargs.sglang.cuda_graph_max_bs_decode={plain!r}: expected a batch size >= 1")
     if max_running_requests:

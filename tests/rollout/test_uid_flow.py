@@ -223,8 +223,8 @@ def test_speculate_merges_self_draft_args_and_env(tmp_path, monkeypatch):
     assert json.loads(os.environ["ER_VERL_CONTROL"])["gate"] == "always"
     assert "ER_VERL_SPEC_K" not in os.environ  # the controller chooses K
     assert server.speculating
-    # decode graphs: drafter / verify ones within 768 tokens (bs 192 at Kmax 3); K=0 ones as plain SGLang's (256)
-    plain = min(256, rollout.max_num_seqs)
+    # decode graphs: drafter / verify ones within 768 tokens (bs 192 at Kmax 3); K=0 ones to K0_GRAPH_MAX_BS (512)
+    plain = min(512, rollout.max_num_seqs)
     assert merged["cuda_graph_max_bs_decode"] == min(192, plain)
     assert os.environ["ER_VERL_PLAIN_GRAPH_MAX_BS"] == str(plain)
 
@@ -232,7 +232,9 @@ def test_speculate_merges_self_draft_args_and_env(tmp_path, monkeypatch):
 def test_graph_sizes_follow_the_user_and_keep_verify_graphs_within_the_token_budget():
     from er_verl.engine.server_args import graph_sizes
 
-    assert graph_sizes(5, 1024, {}) == ({"cuda_graph_max_bs_decode": 128}, {"ER_VERL_PLAIN_GRAPH_MAX_BS": "256"})
+    assert graph_sizes(5, 1024, {}) == ({"cuda_graph_max_bs_decode": 128}, {"ER_VERL_PLAIN_GRAPH_MAX_BS": "512"})
+    assert graph_sizes(5, 1024, {"cuda_graph_max_bs_decode": 256}) == (
+        {"cuda_graph_max_bs_decode": 128}, {"ER_VERL_PLAIN_GRAPH_MAX_BS": "256"})  # the user's size is kept
     assert graph_sizes(5, 64, {}) == ({"cuda_graph_max_bs_decode": 64}, {"ER_VERL_PLAIN_GRAPH_MAX_BS": "64"})
     assert graph_sizes(8, None, {"cuda_graph_max_bs_decode": 512}) == (
         {"cuda_graph_max_bs_decode": 85}, {"ER_VERL_PLAIN_GRAPH_MAX_BS": "512"})
