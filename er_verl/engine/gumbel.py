@@ -10,7 +10,10 @@ its logits once and draws U from Philox in registers (four uniforms per Philox c
 kernel picks each row's best block. No loop runs over a runtime bound (Triton's interpreter on the GPU host,
 numpy 2.4, cannot take one).
 
-Status: opt-in (``ER_VERL_K0_SAMPLER=gumbel``).
+Status: opt-in (``ER_VERL_K0_SAMPLER=gumbel``), off by default. On the H200 (2026-11-26) it passed its GPU tests
+and took 0.36 ms at bs 400 against the torch sampler's 1.08 ms (``results/k0_sampler_cost_h200.json``), but a
+gate-mode rollout with it was not faster: its bs 256-511 steps had the torch sampler's median and 231 steps over
+40 ms, cause not found (``results/issue5_bench_rollout_8b_h200_gumbel.json``).
 
 Randomness: the Philox key of a call is drawn from the caller's ``torch.Generator`` (its offset is advanced
 on the host, no synchronisation), so a seeded engine samples deterministically. Not for CUDA-graph capture.

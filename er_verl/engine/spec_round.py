@@ -240,8 +240,9 @@ PLAIN_GRAPH_MAX_BS_ENV = "ER_VERL_PLAIN_GRAPH_MAX_BS"
 def plain_graph_max_bs(environ=None) -> int | None:
     """``ER_VERL_PLAIN_GRAPH_MAX_BS``: the largest batch the K=0 decode graphs cover, or None (the server's
     decode graph list, as for the drafter and verify graphs). Verify graphs of K+1 tokens per request may be
-    capped low (FlashInfer's workspace, pitfall 5) while K=0 must match plain SGLang's graphs: a batch
-    above the K=0 graphs takes SGLang's eager one-token verify step, ~2x slower at bs 128-512 (H200)."""
+    capped low (FlashInfer's workspace, pitfall 5) while K=0 graphs should reach at least plain SGLang's: above
+    them the target's decode runs eagerly, bound by host launches at bs 256-400 on the H200 (the server sets
+    ``server_args.K0_GRAPH_MAX_BS``, 512)."""
     raw = (environ if environ is not None else os.environ).get(PLAIN_GRAPH_MAX_BS_ENV, "").strip()
     if not raw:
         return None
@@ -274,8 +275,8 @@ def plain_step(worker, batch, graphs, gen: torch.Generator):
     token x̂ at position n is fed, its target K/V written to ``req_to_token[r, n]``, and the next token is
     drawn from p by ``verify.sample_tokens`` (SGLang's temperature / top-k / top-p / min-p semantics, greedy =
     argmax; the same draws as ``verify.draft_sample`` without building q). With ``ER_VERL_K0_SAMPLER=gumbel``
-    (opt-in, not yet verified on the GPU) a batch without filtering is drawn by ``gumbel.sample_tokens``, one
-    Triton pass over the logits. On the H200 this lean step
+    (opt-in; GPU-tested, but a rollout with it was not faster) a batch without filtering is drawn by
+    ``gumbel.sample_tokens``, one Triton pass over the logits. On the H200 this lean step
     (~20 fewer eager ops than with ``draft_sample`` and ``round_fields``) cut the host time per K=0 call from
     ~2.0 to ~1.1 ms and ran 186 / 1381 / 4677 tok/s at bs 1 / 8 / 32 against 183 / 1363 / 4608 (plain SGLang
     188 / 1395 / 4722; ``results/issue4_lean_k0_h200.json``)."""
