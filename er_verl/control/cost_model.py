@@ -117,17 +117,47 @@ def roofline_prior(shape: ModelShape, hw: Hardware = Hardware()) -> dict[StepKin
             StepKind.VERIFY: params(1.0, s.overhead_s, s.per_seq_s, s.per_token_s)}
 
 
-def _solve(b, n, t, y, knee, prior: StepParams, free: np.ndarray, weight: float):
-    """Ridge-to-prior least squares y ≈ x·θ (rows scaled by 1/t) at a fixed knee → (θ, loss)."""
-    x = np.stack([np.ones_like(b), b, n, np.maximum(0.0, n - knee)], axis=1)[:, free] / t[:, None]
+def _groups(b, n, t, y):
+    """Samples that share (b, n) share their feature row f, so Σ_i ((f·θ − y_i)/t_i)² over a group equals
+    W·(f·θ)² − 2V·f·θ + Σ_i y_i²/t_i² with W = Σ 1/t_i², V = Σ y_i/t_i²: one row √W·f with target V/√W
+    leaves the same θ and the same loss up to a constant (``rest``). A decode window of 2048 samples holds a few
+    hundred distinct batch sizes, so each knee's solve shrinks accordingly. → (b, n, √W, V/√W, rest)."""
+    keys, inverse = np.unique(np.stack([b, n], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    w = np.bincount(inverse, weights=1.0 / t ** 2)
+    v = np.bincount(inverse, weights=y / t ** 2)
+    root = np.sqrt(w)
+    rest = float(np.sum((y / t) ** 2) - np.sum(v * v / w))
+    return keys[:, 0], keys[:, 1], root, v / root, rest
+
+
+def _solve(groups, knees: np.ndarray, prior: StepParams, free: np.ndarray, weight: float):
+    """Ridge-to-prior least squares y ≈ x·θ (rows scaled by 1/t, grouped by ``_groups``) at each knee of
+    ``knees`` at once → (θ [K, free], loss [K]). Only the column max(0, n − knee) depends on the knee, so the
+    normal equations (x'x + w·D⁻²) θ = x'r + w·D⁻²·θ₀ (D the prior's scales) are built for all knees from a few
+    products and solved as one batch of ≤ 4×4 systems; loss = |r|² + w·|θ₀/D|² − θ·(right-hand side)."""
+    b, n, root, target, rest = groups
+    knees = np.asarray(knees, dtype=np.float64)
+    fixed = np.stack([np.ones_like(b), b, n], axis=1) * root[:, None]            # [G, 3]
+    hinge = np.maximum(0.0, n[:, None] - knees[None, :]) * root[:, None]          # [G, K]
+    gram = np.zeros((len(knees), 4, 4))
+    gram[:, :3, :3] = fixed.T @ fixed
+    gram[:, :3, 3] = gram[:, 3, :3] = (fixed.T @ hinge).T
+    gram[:, 3, 3] = np.einsum("gk,gk->k", hinge, hinge)
+    moment = np.empty((len(knees), 4))
+    moment[:, :3] = fixed.T @ target
+    moment[:, 3] = hinge.T @ target
     theta0 = prior.linear()[free]
     ref = np.array([1.0, 64.0, 64.0, 64.0])[free]       # feature size where a rate matters
     scale = np.maximum(np.abs(theta0), 0.01 * prior.fixed_s / ref)
-    lhs = np.vstack([x, np.sqrt(weight) * np.diag(1.0 / scale)])
-    rhs = np.concatenate([y / t, np.sqrt(weight) * theta0 / scale])
-    theta, *_ = np.linalg.lstsq(lhs, rhs, rcond=None)
-    knee_pen = weight * (np.log(knee / prior.knee_tokens) / np.log(4.0)) ** 2
-    return theta, float(np.sum((lhs @ theta - rhs) ** 2)) + knee_pen
+    lhs = gram[:, free][:, :, free] + np.diag(weight / scale ** 2)
+    rhs = moment[:, free] + weight * theta0 / scale ** 2
+    # solved in units of the prior's scales (θ = D·φ), so the columns' sizes (1 against n − knee) do not matter
+    phi = np.linalg.solve(lhs * scale[:, None] * scale[None, :], (rhs * scale)[..., None])[..., 0]
+    theta = phi * scale
+    knee_pen = weight * (np.log(knees / prior.knee_tokens) / np.log(4.0)) ** 2
+    loss = float(target @ target) + weight * float(np.sum((theta0 / scale) ** 2)) - np.sum(theta * rhs, axis=1)
+    return theta, loss + rest + knee_pen
 
 
 def fit_step_params(batch_sizes: Sequence[float], num_tokens: Sequence[float],
@@ -148,12 +178,13 @@ def fit_step_params(batch_sizes: Sequence[float], num_tokens: Sequence[float],
     free = np.array([True, True, fit_per_token, True])
     y = t - (0.0 if fit_per_token else prior.per_token_s * n)
 
-    def loss(knee: float) -> float:
-        return _solve(b, n, t, y, knee, prior, free, prior_weight)[1]
-
-    best = min(prior.knee_tokens * np.geomspace(1 / 16, 16, 65), key=loss)
-    best = min(best * np.geomspace(1 / 1.1, 1.1, 41), key=loss)
-    theta, _ = _solve(b, n, t, y, best, prior, free, prior_weight)
+    groups = _groups(b, n, t, y)
+    best = prior.knee_tokens
+    for grid in (np.geomspace(1 / 16, 16, 65), np.geomspace(1 / 1.1, 1.1, 41)):  # coarse, then around the best
+        knees = best * grid
+        thetas, losses = _solve(groups, knees, prior, free, prior_weight)
+        i = int(np.argmin(losses))
+        best, theta = float(knees[i]), thetas[i]
     linear = prior.linear()
     linear[free] = np.maximum(theta, 0.0)
     return StepParams(*linear.tolist(), knee_tokens=float(best))

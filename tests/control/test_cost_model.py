@@ -88,6 +88,31 @@ def test_fit_without_noise_is_exact():
     assert np.allclose(fit.predict(b, b), truth.predict(b, b), rtol=2e-3)
 
 
+def test_grouped_batched_solve_matches_per_sample_least_squares():
+    """The fit groups samples with equal (b, n) and solves all knees as one batch of normal equations; at each
+    knee its θ and loss equal a per-sample lstsq of the same ridge objective (repeated batch sizes, noise)."""
+    from er_verl.control.cost_model import _groups, _solve
+
+    rng = np.random.default_rng(3)
+    prior = roofline_prior(SHAPE)[StepKind.VERIFY]
+    b = rng.integers(1, 40, 600).astype(float)
+    n = b * rng.integers(1, 6, 600)
+    t = TRUE[StepKind.VERIFY].predict(b, n) * (1 + 0.05 * rng.standard_normal(600))
+    free, w = np.array([True, True, True, True]), 1e-3
+    knees = np.array([30.0, 90.0, 400.0])
+    thetas, losses = _solve(_groups(b, n, t, t), knees, prior, free, w)
+    theta0 = prior.linear()
+    scale = np.maximum(np.abs(theta0), 0.01 * prior.fixed_s / np.array([1.0, 64.0, 64.0, 64.0]))
+    for knee, theta, loss in zip(knees, thetas, losses):
+        x = np.stack([np.ones_like(b), b, n, np.maximum(0.0, n - knee)], axis=1) / t[:, None]
+        lhs = np.vstack([x, np.sqrt(w) * np.diag(1.0 / scale)])
+        rhs = np.concatenate([np.ones_like(t), np.sqrt(w) * theta0 / scale])
+        ref, *_ = np.linalg.lstsq(lhs, rhs, rcond=None)
+        ref_loss = np.sum((lhs @ ref - rhs) ** 2) + w * (np.log(knee / prior.knee_tokens) / np.log(4.0)) ** 2
+        assert np.allclose(theta, ref, rtol=1e-6, atol=1e-12)
+        assert loss == pytest.approx(ref_loss, rel=1e-6)
+
+
 def test_round_seconds_plain_uniform_and_ragged():
     model = CostModel.from_roofline(SHAPE)
     assert model.round_seconds([0, 0, 0]) == model.t_ar(3)
