@@ -152,7 +152,7 @@ def self_draft_env(forced_k: Optional[int] = None, cfg: Optional[EfficientConfig
 # within SPEC_GRAPH_TOKENS. The K=0 steps are plain decodes and get their own graphs (ER_VERL_PLAIN_GRAPH_MAX_BS)
 # up to K0_GRAPH_MAX_BS unless the user sets cuda_graph_max_bs_decode. That is past plain SGLang's own default
 # (256 for an H100/H200-class GPU at tp < 4, server_args.py): above it both decode eagerly, and an eager 8B step
-# at bs 256-400 is bound by the host's kernel launches (H200, 2026-11-26: 15.6-25 ms of host time to enqueue the
+# at bs 256-400 is bound by the host's kernel launches (H200, 2026-11-26: 15.5-25 ms of host time to enqueue the
 # eager forward, about the step's GPU span; results/issue5_k0_large_bs_h200.json), so graphs there pay.
 SPEC_GRAPH_TOKENS = 768
 K0_GRAPH_MAX_BS = 512

@@ -226,8 +226,8 @@ K0_SAMPLER_ENV = "ER_VERL_K0_SAMPLER"
 
 def gumbel_k0_enabled(environ=None) -> bool:
     """``ER_VERL_K0_SAMPLER``: "torch" (default, ``verify.sample_tokens``) or "gumbel" (``gumbel.sample_tokens``
-    for K=0 batches without top-k/top-p/min-p). The Gumbel kernel's GPU tests have not passed yet (2026-11-26:
-    the first host run failed, see results/logs/issue5_k0_sampler_2026-11-26/), so it stays opt-in."""
+    for K=0 batches without top-k/top-p/min-p). The Gumbel kernel passes its GPU tests (H200, 2026-11-26) but a
+    rollout with it was not faster (``gumbel``'s docstring), so it stays opt-in."""
     raw = (environ if environ is not None else os.environ).get(K0_SAMPLER_ENV, "").strip() or "torch"
     if raw not in ("torch", "gumbel"):
         raise ValueError(f"{K0_SAMPLER_ENV}={raw!r}: expected torch (default) or gumbel")

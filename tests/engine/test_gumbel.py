@@ -1,6 +1,6 @@
-"""The one-pass Gumbel-max K=0 sampler (``er_verl.engine.gumbel``): greedy rows take the argmax in both chunkings
-and a seeded generator repeats its draws (CPU, Triton's interpreter, tiny sizes); compiled on CUDA its draws
-follow softmax(logits / T) in the chunked path (small batches) and the one-chunk path (``gpu`` tests)."""
+"""The one-pass Gumbel-max K=0 sampler (``er_verl.engine.gumbel``): greedy rows take the argmax with one block per
+row and with several, and a seeded generator repeats its draws (CPU, Triton's interpreter, tiny sizes); compiled
+on CUDA its draws follow softmax(logits / T) for a small and a large batch (``gpu`` tests)."""
 
 import json
 import os
