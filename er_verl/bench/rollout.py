@@ -44,6 +44,39 @@ def workload(prompts: int, n: int, max_len: int, prompt_len: int, vocab: int, se
     return out
 
 
+def edge_sizes(top: int, reach: int = 2) -> list[int]:
+    """Batch sizes within ``reach`` of every power of two up to ``top``, and ``top`` itself, largest first.
+    Kernels that SGLang's speculative path launches with ``next_power_of_2(bs)`` (or of bs + 1) as a
+    compile-time constant are JIT-compiled the first time a batch crosses each such edge."""
+    sizes = {top}
+    p = 1
+    while p <= top:
+        sizes.update(s for s in range(p - reach, p + reach + 1) if 1 <= s <= top)
+        p *= 2
+    return sorted(sizes, reverse=True)
+
+
+def staircase(sizes: list[int]) -> list[int]:
+    """max_new_tokens per request so that a batch of ``sizes[0]`` requests, one token per step, decodes at
+    each size in ``sizes`` (descending) once: request j stays until the batch is down to j requests."""
+    if not sizes or any(a <= b for a, b in zip(sizes, sizes[1:])) or sizes[-1] < 1:
+        raise ValueError(f"sizes {sizes!r}: expected distinct batch sizes >= 1, largest first")
+    return [1 + sum(1 for s in sizes if s > j) for j in range(sizes[0])]
+
+
+def warmup_requests(mode: str, reqs: list[dict], k: int, top: int, prompt_len: int = 16) -> tuple[list, list]:
+    """(input ids, sampling params) of one warm-up pass at draft length ``k`` (``er_k``; 0 = plain steps):
+    a staircase through :func:`edge_sizes` of ``top`` so that the JIT compiles of every batch-size edge,
+    one-time per process, happen before the timed rollout, as in every verl rollout after the first. Forced
+    acceptance 0 makes a round emit exactly one token, so the staircase holds at K > 0 too."""
+    lengths = staircase(edge_sizes(top))
+    ids = [reqs[j % len(reqs)]["ids"][:prompt_len] for j in range(len(lengths))]
+    custom = {"er_group": "warmup"}
+    if mode != "plain":
+        custom.update(er_k=k, er_force_alpha=0.0)
+    return ids, [dict(max_new_tokens=n, temperature=1.0, ignore_eos=True, custom_params=custom) for n in lengths]
+
+
 def engine_launch(mode: str, args, model_path: str, timeline: str):
     """(sglang.Engine kwargs, environment) of one mode."""
     from er_verl.config import EfficientConfig
@@ -78,6 +111,8 @@ def engine_launch(mode: str, args, model_path: str, timeline: str):
 def run_mode(mode: str, args, model_path: str, reqs: list[dict], out_dir: str) -> dict:
     import sglang
 
+    from er_verl.engine.server_args import spec_graph_bs_cap
+
     timeline = os.path.join(out_dir, f"timeline_{mode}.jsonl")
     if os.path.exists(timeline):
         os.remove(timeline)
@@ -88,6 +123,13 @@ def run_mode(mode: str, args, model_path: str, reqs: list[dict], out_dir: str) -
         # Warm-up over every prompt: JIT kernels for the large prefill and decode batches compile here
         # (once ~80 s inside the first timed rollout of a fresh host), not in the timed run.
         engine.generate(input_ids=[r["ids"] for r in reqs], sampling_params={"max_new_tokens": 4})
+        # Then a staircase through every power-of-two batch edge per K (plain: K = 0 only); run 7 lost ~1.2 s
+        # to compiles at those edges inside the timed rollout. Ours' controller keeps what it measured here,
+        # as it would keep a previous rollout's measurements in verl.
+        for k in [0] if mode == "plain" else range(args.kmax + 1):
+            top = len(reqs) if k == 0 else min(len(reqs), spec_graph_bs_cap(args.kmax))
+            ids, sampling = warmup_requests(mode, reqs, k, top)
+            engine.generate(input_ids=ids, sampling_params=sampling)
         sampling = []
         for r in reqs:
             custom = {"er_group": r["group"]}

@@ -61,3 +61,28 @@ def test_plain_seconds_per_batch_bucket_add_up_to_its_decode_time():
     assert rollout.seconds_by_bucket(plain) == {4: pytest.approx(0.15), 64: pytest.approx(0.30)}
     summary = rollout.summarize([{"mode": "plain", "rollout_s": 0.5, "timeline": plain}])
     assert summary["plain"]["seconds_by_bucket"] == {"4": 0.15, "64": 0.3}
+
+
+def test_warmup_staircase_visits_every_power_of_two_edge():
+    sizes = rollout.edge_sizes(512)
+    assert sizes[0] == 512 and sizes == sorted(set(sizes), reverse=True) and sizes[-1] == 1
+    for p in (2, 4, 64, 128, 256, 512):
+        assert {p - 1, p} <= set(sizes), p
+    lengths = rollout.staircase(sizes)
+    assert len(lengths) == 512
+    # the prefill emits each request's first token, decode step t its token t + 1: the batch of decode step t
+    # holds the requests with max_new_tokens >= t + 1 and must pass through each size once, largest first
+    running = [sum(1 for n in lengths if n >= t + 1) for t in range(1, max(lengths))]
+    assert running == sizes
+    with pytest.raises(ValueError, match="largest first"):
+        rollout.staircase([4, 8])
+
+
+def test_warmup_forces_k_and_zero_acceptance_only_for_ours():
+    reqs = rollout.workload(2, 4, 64, 32, 1000, seed=1)
+    ids, sampling = rollout.warmup_requests("gate", reqs, 3, top=8)
+    assert len(ids) == len(sampling) == 8 and all(len(i) == 16 for i in ids)
+    assert all(s["custom_params"] == {"er_group": "warmup", "er_k": 3, "er_force_alpha": 0.0} for s in sampling)
+    assert all(s["ignore_eos"] for s in sampling)
+    _, plain = rollout.warmup_requests("plain", reqs, 0, top=8)
+    assert all(s["custom_params"] == {"er_group": "warmup"} for s in plain)
