@@ -67,14 +67,24 @@ def staircase(sizes: list[int]) -> list[int]:
 def warmup_requests(mode: str, reqs: list[dict], k: int, top: int, prompt_len: int = 16) -> tuple[list, list]:
     """(input ids, sampling params) of one warm-up pass at draft length ``k`` (``er_k``; 0 = plain steps):
     a staircase through :func:`edge_sizes` of ``top`` so that the JIT compiles of every batch-size edge,
-    one-time per process, happen before the timed rollout, as in every verl rollout after the first. Forced
-    acceptance 0 makes a round emit exactly one token, so the staircase holds at K > 0 too."""
-    lengths = staircase(edge_sizes(top))
-    ids = [reqs[j % len(reqs)]["ids"][:prompt_len] for j in range(len(lengths))]
-    custom = {"er_group": "warmup"}
-    if mode != "plain":
-        custom.update(er_k=k, er_force_alpha=0.0)
-    return ids, [dict(max_new_tokens=n, temperature=1.0, ignore_eos=True, custom_params=custom) for n in lengths]
+    one-time per process, happen before the timed rollout, as in every verl rollout after the first.
+    Request j of ours keeps the forced α of the workload's request j (the controller learns the same
+    acceptance a previous rollout of this workload would have taught it); at K > 0 its length is scaled by
+    its expected tokens per round E(α, K), so the batch passes the same sizes on average."""
+    from er_verl.control.acceptance import expected_tokens
+
+    steps = [n - 1 for n in staircase(edge_sizes(top))]
+    ids, sampling = [], []
+    for j, n in enumerate(steps):
+        r = reqs[j % len(reqs)]
+        custom = {"er_group": "warmup"}
+        if mode != "plain":
+            custom.update(er_k=k, er_force_alpha=r["alpha"])
+        per_round = float(expected_tokens(r["alpha"], k)) if mode != "plain" and k > 0 else 1.0
+        ids.append(r["ids"][:prompt_len])
+        sampling.append(dict(max_new_tokens=1 + round(per_round * n), temperature=1.0, ignore_eos=True,
+                             custom_params=custom))
+    return ids, sampling
 
 
 def engine_launch(mode: str, args, model_path: str, timeline: str):
@@ -123,9 +133,10 @@ def run_mode(mode: str, args, model_path: str, reqs: list[dict], out_dir: str) -
         # Warm-up over every prompt: JIT kernels for the large prefill and decode batches compile here
         # (once ~80 s inside the first timed rollout of a fresh host), not in the timed run.
         engine.generate(input_ids=[r["ids"] for r in reqs], sampling_params={"max_new_tokens": 4})
-        # Then a staircase through every power-of-two batch edge per K (plain: K = 0 only); run 7 lost ~1.2 s
-        # to compiles at those edges inside the timed rollout. Ours' controller keeps what it measured here,
-        # as it would keep a previous rollout's measurements in verl.
+        # Then a staircase through every power-of-two batch edge per K (plain: K = 0 only): run 7 lost ~1.2 s
+        # inside the timed rollout to Triton compiles of SGLang's kernels specialised on next_power_of_2(bs).
+        # Ours' controller keeps what it measured here (step times, the workload's acceptance), as it keeps
+        # a previous rollout's in verl; the timed rollout's groups are new to it.
         for k in [0] if mode == "plain" else range(args.kmax + 1):
             top = len(reqs) if k == 0 else min(len(reqs), spec_graph_bs_cap(args.kmax))
             ids, sampling = warmup_requests(mode, reqs, k, top)

@@ -13,6 +13,8 @@ over α is conjugate to that likelihood (it is a truncated geometric).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +104,12 @@ class BetaPosterior:
     def mean(self) -> float:
         """E[α] = a / (a + b)."""
         return self.a / (self.a + self.b)
+
+    @property
+    def sd(self) -> float:
+        """Standard deviation of α: sqrt(a·b / ((a + b)²·(a + b + 1)))."""
+        a, b = self.a, self.b
+        return math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0)))
 
     def update(self, num_drafted: int, num_accepted: int) -> None:
         """Add one verify result: a successes, plus 1 failure if a < K (K = num_drafted)."""

@@ -182,6 +182,16 @@ class ThompsonBandit:
         """E[α_g] per entry of `groups` (what the gate is given)."""
         return self._per_entry(groups, lambda ps: [p.mean for p in ps])
 
+    def optimistic_alphas(self, groups: Sequence[Hashable], optimism: float) -> np.ndarray:
+        """min(1, E[α_g] + optimism·sd[α_g]) per entry of `groups`: an upper confidence bound, what the gate
+        is given so that a group it knows little about is tried where speculation would pay if the bound
+        held (a new group's prior, worth `group_prior_strength` pseudo-counts, has sd ~0.2); its first
+        verify results then shrink the bound toward the mean."""
+        if optimism < 0:
+            raise ValueError(f"optimism (posterior standard deviations added to the mean) must be >= 0, "
+                             f"got {optimism}.")
+        return self._per_entry(groups, lambda ps: [min(1.0, p.mean + optimism * p.sd) for p in ps])
+
     def choose_many(self, groups: Sequence[Hashable], batch_size: int) -> list[Arm]:
         """Independent K_g per entry of `groups`, each as if the whole batch used it."""
         if not groups:

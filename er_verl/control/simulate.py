@@ -58,9 +58,10 @@ class ControllerConfig:
     margin: float = 0.05            # gate: speculate iff max_K S > 1 + margin
     hysteresis: float = 0.03        # gate: once on, stay on while max_K S >= 1 + margin − this
     per_request_k: bool = True      # ragged verify (K per group) vs one K per batch
-    prior_mean: float = 0.7         # global prior on α before any observation
-    prior_strength: float = 8.0     # its weight in pseudo-observations
+    prior_mean: float = 0.5         # global prior on α before any observation (the engine's: Beta(1, 1))
+    prior_strength: float = 2.0     # its weight in pseudo-observations
     group_prior_strength: float = 4.0
+    optimism: float = 1.0           # the gate sees mean + this many sd of each group's α (as the engine's)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def _accepted(true_alpha: np.ndarray, ks: np.ndarray, rng: np.random.Generator) 
 def _spec_round(active, groups, bandit, gate, cfg):
     """One decision: (ks [B], speculate)."""
     entries = groups[active].tolist()
-    if not gate.decide(active.size, bandit.posterior_means(entries)).speculate:
+    if not gate.decide(active.size, bandit.optimistic_alphas(entries, cfg.optimism)).speculate:
         return np.zeros(active.size, dtype=np.int64), False
     arms = bandit.choose_batch(entries, per_request=cfg.per_request_k)
     return np.array([a.k for a in arms], dtype=np.int64), True

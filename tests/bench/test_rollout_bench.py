@@ -78,11 +78,16 @@ def test_warmup_staircase_visits_every_power_of_two_edge():
         rollout.staircase([4, 8])
 
 
-def test_warmup_forces_k_and_zero_acceptance_only_for_ours():
+def test_warmup_forces_k_and_the_workloads_acceptance_only_for_ours():
     reqs = rollout.workload(2, 4, 64, 32, 1000, seed=1)
     ids, sampling = rollout.warmup_requests("gate", reqs, 3, top=8)
     assert len(ids) == len(sampling) == 8 and all(len(i) == 16 for i in ids)
-    assert all(s["custom_params"] == {"er_group": "warmup", "er_k": 3, "er_force_alpha": 0.0} for s in sampling)
+    assert [s["custom_params"] for s in sampling] == [
+        {"er_group": "warmup", "er_k": 3, "er_force_alpha": reqs[j]["alpha"]} for j in range(8)]
     assert all(s["ignore_eos"] for s in sampling)
     _, plain = rollout.warmup_requests("plain", reqs, 0, top=8)
     assert all(s["custom_params"] == {"er_group": "warmup"} for s in plain)
+    assert [s["max_new_tokens"] for s in plain] == rollout.staircase(rollout.edge_sizes(8))
+    # at K > 0 a request emits E(α, K) > 1 tokens per round on average: its length grows by that factor
+    longer = [s["max_new_tokens"] - 1 for s in sampling]
+    assert all(a > b for a, b in zip(longer, (p["max_new_tokens"] - 1 for p in plain)))

@@ -184,3 +184,21 @@ def test_alpha_zero_and_one_extremes():
     assert choose_batch_k([0.0] * 4, ARMS, COST) == Arm(1)
     assert choose_batch_k([1.0], ARMS, COST) == Arm(8)
     assert choose_batch_k([0.0], arms_up_to(8, include_zero=True), COST) == Arm(0)
+
+
+def test_optimistic_alphas_add_standard_deviations_that_shrink_with_evidence():
+    bandit = ThompsonBandit(arms_up_to(4), CostModel.from_roofline(ModelShape(num_params=8e9)),
+                            np.random.default_rng(0))
+    new = bandit.optimistic_alphas(["new"], 1.0)[0]
+    post = bandit.posterior("new")  # Beta(2, 2): mean 0.5, sd sqrt(4 / (16 * 5))
+    assert post.sd == pytest.approx((4 / 80) ** 0.5) and new == pytest.approx(0.5 + (4 / 80) ** 0.5)
+    for _ in range(200):
+        bandit.update("old", 4, 2)
+    old = bandit.optimistic_alphas(["old"], 1.0)[0]
+    assert bandit.posterior("old").mean < old < bandit.posterior("old").mean + 0.05
+    assert bandit.optimistic_alphas(["new", "old"], 0.0).tolist() == bandit.posterior_means(["new", "old"]).tolist()
+    for _ in range(50):
+        bandit.update("sure", 4, 4)
+    assert bandit.optimistic_alphas(["sure"], 5.0)[0] == 1.0  # capped
+    with pytest.raises(ValueError, match="optimism.*>= 0"):
+        bandit.optimistic_alphas(["new"], -0.5)
