@@ -19,8 +19,12 @@ With no samples the model is the prior; one sample moves it only a little.
 
 Local correction: a global fit can be biased at batch sizes it saw little of (e.g. fitted on slow eager
 steps above the CUDA-graph sizes, it overstates a plain step further down). So each prediction is
-multiplied by the median measured/fitted ratio of its kind's samples in the same power-of-two batch bucket
-(B in [2^j, 2^(j+1))), once that bucket holds ``MIN_LOCAL`` samples: t(B, n) = fit(B, n) · r_bucket(B).
+multiplied by the median measured/fitted ratio of its kind's newest ``LOCAL_RECENT`` samples in the same
+power-of-two batch bucket (B in [2^j, 2^(j+1))), once that bucket holds ``MIN_LOCAL`` samples:
+t(B, n) = fit(B, n) · r_bucket(B). The ratio is updated at every sample, not only at the refit: the model
+has no context-length term, and within a rollout the contexts grow, so the newest steps of a bucket are
+the ones to trust (issue 5, run 9: rounds measured on short warm-up contexts kept the gate on for 32
+rounds per bucket, one refit period, at long contexts where a round cost 2-3 plain steps).
 
 Step kinds and their token counts: TARGET (plain decode, n = B), DRAFT (one drafter decode step,
 n = B, weight bytes ρ·W), VERIFY (the target over K + 1 positions per request, n = Σ(K_i + 1)).
@@ -41,6 +45,7 @@ __all__ = ["StepKind", "StepParams", "Hardware", "ModelShape", "roofline_prior",
            "fit_step_params", "CostModel", "bucket_of", "MIN_LOCAL"]
 
 MIN_LOCAL = 8  # samples a batch-size bucket needs before its measured/fitted ratio corrects predictions
+LOCAL_RECENT = 16  # the newest samples per bucket whose median measured/fitted ratio is the correction
 
 
 def bucket_of(batch_size: float) -> int:
@@ -190,15 +195,12 @@ def fit_step_params(batch_sizes: Sequence[float], num_tokens: Sequence[float],
     return StepParams(*linear.tolist(), knee_tokens=float(best))
 
 
-def _local_ratios(fitted: StepParams, batch_sizes, num_tokens, seconds) -> dict[int, float]:
-    """{bucket: median of measured / fitted} over the buckets with at least ``MIN_LOCAL`` samples."""
-    if not batch_sizes:
-        return {}
-    b = np.asarray(batch_sizes, dtype=np.float64)
-    ratio = np.asarray(seconds, dtype=np.float64) / fitted.predict(b, np.asarray(num_tokens, dtype=np.float64))
-    buckets = np.floor(np.log2(np.maximum(b, 1.0))).astype(np.int64)  # bucket_of, vectorized
-    return {int(j): float(np.median(ratio[buckets == j])) for j in np.unique(buckets)
-            if np.sum(buckets == j) >= MIN_LOCAL}
+def _local_ratio(fitted: StepParams, recent) -> float | None:
+    """Median of measured / fitted over a bucket's newest samples (b, n, t); None below ``MIN_LOCAL``."""
+    if len(recent) < MIN_LOCAL:
+        return None
+    b, n, t = (np.fromiter(col, dtype=np.float64, count=len(recent)) for col in zip(*recent))
+    return float(np.median(t / fitted.predict(b, n)))
 
 
 def _scaled(p: StepParams, factor: float) -> StepParams:
@@ -229,6 +231,7 @@ class CostModel:
         self._pending = {k: 0 for k in StepKind}
         self._counts = {k: Counter() for k in StepKind}  # samples per batch bucket, in the window
         self._local: dict[StepKind, dict[int, float]] = {k: {} for k in StepKind}  # bucket -> measured/fitted
+        self._recent = {k: {} for k in StepKind}  # bucket -> deque of its newest LOCAL_RECENT (b, n, t)
         self._target_scale = 1.0  # measured / prior TARGET time, updated at each TARGET refit
         self.refit_every, self.prior_weight = refit_every, prior_weight
 
@@ -244,13 +247,32 @@ class CostModel:
                              f"{batch_size}, {k}, {seconds}.")
         tokens = batch_size * (k + 1) if kind is StepKind.VERIFY else batch_size
         samples, counts = self._samples[kind], self._counts[kind]
-        if len(samples) == samples.maxlen:
-            counts[bucket_of(samples[0][0])] -= 1  # evicted by the append below
-        samples.append((float(batch_size), float(tokens), float(seconds)))
-        counts[bucket_of(batch_size)] += 1
+        if len(samples) == samples.maxlen:  # samples[0] is evicted by the append below
+            self._evict(kind, bucket_of(samples[0][0]))
+        sample = (float(batch_size), float(tokens), float(seconds))
+        samples.append(sample)
+        bucket = bucket_of(batch_size)
+        counts[bucket] += 1
         self._pending[kind] += 1
-        if counts[bucket_of(batch_size)] == MIN_LOCAL:
+        if counts[bucket] == MIN_LOCAL:
             self._pending[kind] = max(self._pending[kind], self.refit_every)  # its bucket can correct now
+        recent = self._recent[kind].setdefault(bucket, deque(maxlen=LOCAL_RECENT))
+        recent.append(sample)
+        ratio = _local_ratio(self._fitted[kind], recent)
+        if ratio is not None:
+            self._local[kind][bucket] = ratio
+
+    def _evict(self, kind: StepKind, bucket: int) -> None:
+        """A bucket's oldest sample leaves the window: its correction keeps only samples still in it."""
+        self._counts[kind][bucket] -= 1
+        recent = self._recent[kind].get(bucket)
+        if recent is not None and len(recent) > self._counts[kind][bucket]:
+            recent.popleft()
+            ratio = _local_ratio(self._fitted[kind], recent)
+            if ratio is None:
+                self._local[kind].pop(bucket, None)
+            else:
+                self._local[kind][bucket] = ratio
 
     def num_samples(self, kind: StepKind | str) -> int:
         return len(self._samples[StepKind(kind)])
@@ -270,7 +292,8 @@ class CostModel:
             if k is StepKind.TARGET and cols[0]:
                 b = float(np.mean(cols[0]))
                 self._target_scale = self._fitted[k].predict(b, b) / self.prior[k].predict(b, b)
-            self._local[k] = _local_ratios(self._fitted[k], *cols)
+            self._local[k] = {j: r for j, recent in self._recent[k].items()
+                              if (r := _local_ratio(self._fitted[k], recent)) is not None}
 
     def params(self, kind: StepKind | str) -> StepParams:
         """Fitted parameters of ``kind``; a kind with no samples yet borrows TARGET's calibration
@@ -291,8 +314,8 @@ class CostModel:
         return self._target_scale
 
     def predict(self, kind: StepKind | str, batch_size: int, num_tokens: int) -> float:
-        """Seconds for one ``kind`` step: the fit times its bucket's measured/fitted ratio (1 while the
-        bucket has fewer than ``MIN_LOCAL`` samples)."""
+        """Seconds for one ``kind`` step: the fit times its bucket's measured/fitted ratio over the bucket's
+        newest ``LOCAL_RECENT`` samples (1 while the bucket has fewer than ``MIN_LOCAL``)."""
         kind = StepKind(kind)
         t = self.params(kind).predict(batch_size, num_tokens)
         return t * self._local[kind].get(bucket_of(batch_size), 1.0)

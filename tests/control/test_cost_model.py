@@ -200,3 +200,24 @@ def test_a_bucket_corrects_its_predictions_once_it_holds_enough_samples():
         cost.observe(StepKind.TARGET, 8, fit_8)
     assert cost.bucket_samples(StepKind.TARGET, 100) == 0 and cost.bucket_samples(StepKind.TARGET, 8) == 8 * MIN_LOCAL
     assert cost.t_ar(100) == pytest.approx(cost.params(StepKind.TARGET).predict(100, 100))
+
+
+def test_a_buckets_correction_follows_its_newest_samples_between_refits():
+    """Issue 5, run 9: rounds measured at short warm-up contexts, then long contexts at the same batch sizes
+    cost 2-3x more; the correction must follow within a few samples, not wait for the next refit."""
+    from er_verl.control.cost_model import LOCAL_RECENT, MIN_LOCAL
+
+    cost = CostModel.from_roofline(ModelShape(num_params=8e9))
+    fit = cost.params(StepKind.TARGET).predict(100, 100)
+    for _ in range(32):
+        cost.observe(StepKind.TARGET, 100, fit)
+    old = cost.t_ar(100)  # refits once here (32 pending)
+    assert old == pytest.approx(fit, rel=0.05)
+    fitted = cost.params(StepKind.TARGET).predict(100, 100)
+    for i in range(LOCAL_RECENT // 2 + 1):
+        if i == LOCAL_RECENT // 2 - 1:
+            assert cost.t_ar(100) == pytest.approx(old, rel=0.05)  # 7 of 16 new: the median is still old
+        cost.observe(StepKind.TARGET, 100, 3 * fit)
+    assert cost.params(StepKind.TARGET).predict(100, 100) == fitted  # no refit ran in between
+    assert cost.t_ar(100) == pytest.approx(3 * fit, rel=0.05)
+    assert MIN_LOCAL <= LOCAL_RECENT
