@@ -74,11 +74,13 @@ class Controller:
             self.decisions["on" if decision.speculate else "off"] += 1
             if not decision.speculate:
                 return 0
-        if self.use_bandit:
-            return self.bandit.choose_batch(list(groups), per_request=False)[0].k
-        # K from the posterior means: the optimism decides whether to try, not how far to draft
-        means = self.bandit.posterior_means(groups)
-        return int(np.argmax(speedups(means, len(groups), self.max_k, self.cost))) + 1
+            best = decision.k  # the K that pays if the bound holds: its round tests exactly that
+        else:
+            best = int(np.argmax(speedups(self.bandit.posterior_means(groups), len(groups), self.max_k,
+                                          self.cost))) + 1
+        if not self.use_bandit:
+            return best
+        return self.bandit.choose_batch(list(groups), per_request=False)[0].k
 
     def observe_round(self, groups: Sequence[Hashable], k: int, num_accepted: Sequence[int]) -> None:
         """One verify pass: request i drafted ``k`` tokens and ``num_accepted[i]`` of them were accepted."""

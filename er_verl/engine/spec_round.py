@@ -170,9 +170,11 @@ class SamplingTensors:
         return cls(info.temperatures.view(-1), info.top_ks, info.top_ps, info.min_ps, need)
 
 
-def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Generator, on_launch=None):
+def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Generator, on_launch=None,
+                on_start=None):
     """K drafter DECODE steps on the shared KV: (tokens [B, K] int64, q [B, K, V] fp32). See module doc.
-    ``on_launch()`` (optional) is called once the first step's forward is launched (the profiler's mark)."""
+    ``on_start()`` / ``on_launch()`` (optional) are called just before / once the first step's forward is
+    launched (the controller's and the profiler's marks)."""
     from sglang.srt.model_executor.forward_batch_info import CaptureHiddenMode, ForwardBatch
 
     runner = drafter.runner
@@ -183,7 +185,10 @@ def draft_chain(drafter, batch, k: int, sampling: SamplingTensors, gen: torch.Ge
     for i in range(k):
         _set_decode_step(step, batch, token, slots[i], i + 1)
         step.capture_hidden_mode = CaptureHiddenMode.NULL
-        logits = drafter.forward(ForwardBatch.init_new(step, runner)).next_token_logits  # [B, V]
+        forward_batch = ForwardBatch.init_new(step, runner)
+        if i == 0 and on_start is not None:
+            on_start()
+        logits = drafter.forward(forward_batch).next_token_logits  # [B, V]
         if i == 0 and on_launch is not None:
             on_launch()
         token, q = verify.draft_sample(logits, sampling.temperature, sampling.top_k, sampling.top_p,
@@ -499,14 +504,15 @@ def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, 
     return out, emitted
 
 
-def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_draft=None):
+def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_draft=None, before_draft=None):
     """Draft K, verify K+1, sample; returns SGLang's GenerationBatchResult for this decode batch.
-    ``after_draft()`` (optional) is called between drafting and verifying (the controller's timing)."""
+    ``before_draft()`` / ``after_draft()`` (optional) are called just before the first draft forward and
+    between drafting and verifying (the controller's timing)."""
     s = SamplingTensors.of(batch.sampling_info)
     seq_lens = batch.seq_lens
     profiler = getattr(worker, "profiler", None)
     draft_tokens, draft_probs = draft_chain(worker.drafter, batch, k, s, gen,
-                                            profiler.launched if profiler is not None else None)
+                                            profiler.launched if profiler is not None else None, before_draft)
     if after_draft is not None:
         after_draft()
     out, forward_batch, can_graph = target_verify(worker, batch, chain_verify_input(worker, batch, draft_tokens, k), k)

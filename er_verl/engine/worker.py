@@ -362,8 +362,9 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
     def speculative_round(self, batch, k: int, on_publish=None):
         """One shared-KV round (``spec_round.run_round``); stubs the FutureMap's draft fields like K=0."""
         self.drafter.faults.check("round")  # ER_VERL_FAULT (reliability tests): raises here when asked to
-        after_draft = self.feedback.drafted if self.feedback is not None else None
-        result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha, after_draft)
+        marks = (self.feedback.draft_started, self.feedback.drafted) if self.feedback is not None else (None, None)
+        result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha, after_draft=marks[1],
+                                      before_draft=marks[0])
         # Nothing is published before this point: a round that raised above falls back to a plain step.
         if on_publish is not None:
             on_publish(result.new_seq_lens)

@@ -90,3 +90,14 @@ def test_the_decode_summary_counts_the_probes_of_its_window():
     summary.record(8, 2)
     summary.report("tensor")
     assert [line.endswith(", 2 probes") for line in lines] == [False, True, False]
+
+
+def test_a_rounds_preparation_is_charged_once_to_its_verify_pass_not_to_each_draft_step():
+    clock, rec = Clock(), Recorder()
+    fb = RoundFeedback(rec, event_factory=lambda: FakeEvent(clock))
+    fb.begin(); clock.t += 2; fb.draft_started(); clock.t += 8; fb.drafted(); clock.t += 6  # prep 2, drafts 8, verify 6
+    fb.end(["a"], 4, torch.tensor([2]))
+    fb.harvest()
+    assert rec.steps == [(StepKind.DRAFT, 1, 0.002, 0), (StepKind.VERIFY, 1, 0.008, 4)]
+    draft, verify = rec.steps[0][2], rec.steps[1][2]
+    assert 4 * draft + verify == 0.016  # the round's whole time, start to end

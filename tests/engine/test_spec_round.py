@@ -343,8 +343,12 @@ def test_draft_steps_of_a_gpu_only_batch_stay_sync_free(monkeypatch):
         forward_mode="TARGET_VERIFY", return_logprob=False, capture_hidden_mode=None)
     ones = torch.ones(2)
     sampling = spec_round.SamplingTensors(ones, torch.ones(2, dtype=torch.int64), ones, torch.zeros(2), False)
-    spec_round.draft_chain(drafter, batch, 2, sampling, torch.Generator().manual_seed(0))
+    marks = []
+    spec_round.draft_chain(drafter, batch, 2, sampling, torch.Generator().manual_seed(0),
+                           on_launch=lambda: marks.append(("launched", len(drafter.steps))),
+                           on_start=lambda: marks.append(("start", len(drafter.steps))))
     assert [s.seq_lens_sum for s in drafter.steps] == [None, None]
+    assert marks == [("start", 0), ("launched", 1)]  # the controller's mark precedes the first draft forward
 
 
 def test_plain_k0_is_on_by_default_and_checked():
