@@ -13,7 +13,9 @@ with open(sys.argv[1], "w") as f:
         f.write(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in items.items()) + "\n")
 PY
 export PYTHONPATH=/tmp/er_meta:$PYTHONPATH
-# The JIT cache carried in .jitcache (FlashInfer / SGLang kernels), restored once per host.
+# The JIT cache carried in .jitcache (FlashInfer / SGLang kernels, Triton's ~/.triton), restored once per host.
+# Made on a host after a run: cd ~ && tar czf - $(ls -d .cache/* | grep -v -E "pip|huggingface") .triton \
+#   | split -b 15M - $OUT/cache.tgz.
 if ls .jitcache/cache.tgz.* >/dev/null 2>&1 && [ ! -d ~/.cache/tvm-ffi ]; then
   cat .jitcache/cache.tgz.* | tar xzf - -C ~ && echo "jit cache restored"
 fi
