@@ -82,6 +82,23 @@ class Controller:
             return best
         return self.bandit.choose_batch(list(groups), per_request=False)[0].k
 
+    def describe(self, groups: Sequence[Hashable]) -> str:
+        """One line on what the controller predicts for a batch with these group keys (for profiling; it
+        costs a few predictions, so not for every step): plain / draft / verify(K) times, the gate's
+        optimistic and the posterior-mean acceptance, and S(K) under each."""
+        b = len(groups)
+        if b == 0:
+            return "controller: empty batch"
+        ms = lambda seconds: f"{seconds * 1e3:.2f}"  # noqa: E731
+        optimistic = self.bandit.optimistic_alphas(groups, self.optimism)
+        means = self.bandit.posterior_means(groups)
+        fmt = lambda xs: "[" + " ".join(f"{x:.2f}" for x in xs) + "]"  # noqa: E731
+        return (f"controller bs={b}: t_ar={ms(self.cost.t_ar(b))} ms draft={ms(self.cost.t_draft(b))} ms "
+                f"verify(K=1..{self.max_k})=[{' '.join(ms(self.cost.t_verify(b, k)) for k in range(1, self.max_k + 1))}] ms "
+                f"alpha optimistic={optimistic.mean():.3f} mean={means.mean():.3f} "
+                f"S optimistic={fmt(speedups(optimistic, b, self.max_k, self.cost))} "
+                f"S mean={fmt(speedups(means, b, self.max_k, self.cost))} decisions={self.decisions}")
+
     def observe_round(self, groups: Sequence[Hashable], k: int, num_accepted: Sequence[int]) -> None:
         """One verify pass: request i drafted ``k`` tokens and ``num_accepted[i]`` of them were accepted."""
         if k > 0 and len(groups):

@@ -10,6 +10,8 @@ inside the call; gap_ms: host time between the end of one call and the start of 
 scheduler: batch preparation, result processing, waiting on the previous step); target_graph: share
 of calls whose verify replayed a CUDA graph; draft_graph: share of draft forwards that did; idle_ms and
 prelaunch_ms: see :class:`RoundProfiler`. Reading events costs one synchronize per report, nothing per step.
+With the controller on, each report ends with its predictions for the last decode batch
+(``Controller.describe``: plain / draft / verify times, the gate's acceptance estimates, S(K)).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ class RoundProfiler:
     no call of that K reported one). While the GPU is drained, idle_ms + prelaunch_ms is roughly its idle time
     per call."""
 
-    def __init__(self, every: int, event_factory=None, clock=time.perf_counter, out=print):
+    def __init__(self, every: int, event_factory=None, clock=time.perf_counter, out=print, describe=None):
         self.every, self.clock, self.out = every, clock, out
+        self.describe = describe  # () -> str or None: one more line per report (the controller's view)
         self.event_factory = event_factory or _cuda_event
         self.pending: list = []
         self.last_end = None
@@ -100,6 +103,9 @@ class RoundProfiler:
                      f"draft_graph={fmt(s['draft_graph'])} idle_ms={fmt(s['idle_ms'])} "
                      f"prelaunch_ms={fmt(s['prelaunch_ms'])}")
         self.pending.clear()
+        extra = self.describe() if self.describe is not None else None
+        if extra:
+            self.out(f"er_verl[profile] {extra}")
         return summary
 
 

@@ -190,7 +190,8 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         self.round_counts = spec_round.RoundCounts()  # verl's per-request drafted / rounds, at result time
         self.requants_tagged = 0  # drafter requants whose time went out on a batch's requests
         every = profile_every()
-        self.profiler = RoundProfiler(every) if every else None
+        self.last_groups: list = []  # the last decode batch's group keys (the profile's controller line)
+        self.profiler = RoundProfiler(every, describe=self._describe_controller) if every else None
         self.timeline = timeline_from_env()
         self.torch_windows = torch_windows_from_env()
         self.summary = DecodeSummary()
@@ -318,10 +319,18 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             spec_round.tag_requant(batch.reqs, self.drafter.last_seconds * 1e3)
         if self.timeline is not None:
             self.timeline.record(len(batch.reqs), k)
+        if self.profiler is not None:
+            self.last_groups = group_keys(batch)
         if self.feedback is not None:
             # D2H copy queued before the end event: harvest reads it once that event completed (no wait).
             accepted = (result.accept_lens - 1).to("cpu", non_blocking=True) if k > 0 else None
             self.feedback.end(group_keys(batch), k, accepted)
+
+    def _describe_controller(self):
+        """The controller's predictions for the last decode batch (one profile line), or None without one."""
+        if self.feedback is None or not self.last_groups:
+            return None
+        return self.feedback.controller.describe(self.last_groups)
 
     def _from_params(self, pick, batch, default, *args):
         """``pick([custom_params of each request], default, *args)``; a bad value warns once and gives default."""

@@ -172,3 +172,12 @@ def test_a_group_nothing_is_known_about_is_tried_where_a_batch_is_small_then_jud
         assert c.choose(["new"] * 512) == 0  # never at a large batch, however optimistic
     with pytest.raises(ValueError, match="optimism -1.*>= 0"):
         Controller(5, cost_8b(), optimism=-1)
+
+
+def test_describe_shows_the_predictions_and_acceptance_the_gate_decides_on():
+    c = Controller(3, cost_8b(), bandit=False)
+    measured_rounds(c, 4)
+    line = c.describe(["new"] * 4)
+    assert line.startswith(f"controller bs=4: t_ar={c.cost.t_ar(4) * 1e3:.2f} ms draft={c.cost.t_draft(4) * 1e3:.2f} ms")
+    assert "verify(K=1..3)=[" in line and "alpha optimistic=0.724 mean=0.500" in line and "decisions=" in line
+    assert c.describe([]) == "controller: empty batch"

@@ -166,3 +166,12 @@ def test_plain_decode_hook_records_decode_calls_only(tmp_path):
     assert timeline.after_plain_decode(result, None, batch=_Batch(2, True)) is result
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["bs"], r["k"]) for r in rows] == [(7, 0), (2, 0)]
+
+
+def test_each_report_ends_with_the_describe_line_when_one_is_given():
+    gpu, lines, views = {"t": 0.0}, [], iter(["controller bs=2: t_ar=5.00 ms", None])
+    prof = RoundProfiler(every=1, event_factory=lambda: FakeEvent(gpu["t"]), clock=lambda: 0.0, out=lines.append,
+                         describe=lambda: next(views))
+    for _ in range(2):
+        prof.begin(0, 0); gpu["t"] += 5; prof.end(0, True, 0, 0)
+    assert lines[1] == "er_verl[profile] controller bs=2: t_ar=5.00 ms" and len(lines) == 3  # None: no line
