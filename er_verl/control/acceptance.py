@@ -14,7 +14,6 @@ over α is conjugate to that likelihood (it is a truncated geometric).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np

@@ -319,12 +319,13 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             spec_round.tag_requant(batch.reqs, self.drafter.last_seconds * 1e3)
         if self.timeline is not None:
             self.timeline.record(len(batch.reqs), k)
-        if self.profiler is not None:
-            self.last_groups = group_keys(batch)
         if self.feedback is not None:
+            groups = group_keys(batch)
+            if self.profiler is not None:
+                self.last_groups = groups
             # D2H copy queued before the end event: harvest reads it once that event completed (no wait).
             accepted = (result.accept_lens - 1).to("cpu", non_blocking=True) if k > 0 else None
-            self.feedback.end(group_keys(batch), k, accepted)
+            self.feedback.end(groups, k, accepted)
 
     def _describe_controller(self):
         """The controller's predictions for the last decode batch (one profile line), or None without one."""
@@ -371,9 +372,10 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
     def speculative_round(self, batch, k: int, on_publish=None):
         """One shared-KV round (``spec_round.run_round``); stubs the FutureMap's draft fields like K=0."""
         self.drafter.faults.check("round")  # ER_VERL_FAULT (reliability tests): raises here when asked to
-        marks = (self.feedback.draft_started, self.feedback.drafted) if self.feedback is not None else (None, None)
-        result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha, after_draft=marks[1],
-                                      before_draft=marks[0])
+        fb = self.feedback
+        result = spec_round.run_round(self, batch, k, self._rng(), self.batch_alpha,
+                                      after_draft=fb.drafted if fb else None,
+                                      before_draft=fb.draft_started if fb else None)
         # Nothing is published before this point: a round that raised above falls back to a plain step.
         if on_publish is not None:
             on_publish(result.new_seq_lens)
