@@ -9,8 +9,9 @@ has completed is turned into controller updates:
 * K > 0: K DRAFT steps of t(draft start→drafted)/K each, one VERIFY pass of t(drafted→end) over
   B·(K+1) tokens (sampling included) plus t(start→draft start), the round's preparation, paid once per
   round whatever K is; and one acceptance count per request for its group's posterior. (Charged to the
-  draft steps, that preparation made every draft step look ~2 ms dearer at K = 1 and longer K look
-  worse than they are: in issue 5's runs 9 and 10 every round the controller chose was K = 1.)
+  draft steps, that preparation made each draft step look dearer and longer K worse than they are. In
+  issue 5's runs 9 and 10 every timed round was K = 1; in run 11, with this split, still, so that was not
+  the whole cause.)
 
 Records whose events are still running stay queued (at most ``max_pending``; the oldest are dropped).
 """
