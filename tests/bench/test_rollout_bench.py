@@ -18,6 +18,16 @@ def test_workload_is_seeded_grouped_and_long_tailed():
     assert 0.5 <= min(r["alpha"] for r in reqs) and max(r["alpha"] for r in reqs) <= 0.95
 
 
+def test_alpha_range_moves_acceptance_but_not_lengths():
+    wide = rollout.workload(16, 4, 4096, 8, 1000, 0)
+    high = rollout.workload(16, 4, 4096, 8, 1000, 0, alphas=rollout.parse_alpha_range("0.85,0.98"))
+    assert [r["max_new_tokens"] for r in wide] == [r["max_new_tokens"] for r in high]
+    assert [r["ids"] for r in wide] == [r["ids"] for r in high]
+    assert min(r["alpha"] for r in high) >= 0.85 and max(r["alpha"] for r in high) <= 0.98
+    assert min(r["alpha"] for r in wide) < 0.85  # the default mix reaches below the high range
+    assert rollout.parse_alpha_range("0.9,0.9") == (0.9, 0.9) and rollout.parse_alpha_range("a,b") is None
+
+
 def test_summary_and_timeline_plot(tmp_path):
     tl = [{"t": 10.0 + i, "bs": 100 - 10 * i, "k": 0 if i < 5 else 4} for i in range(10)]
     rows = [{"mode": "plain", "rollout_s": 100.0}, {"mode": "bandit", "rollout_s": 75.0, "timeline": tl}]
@@ -30,7 +40,10 @@ def test_summary_and_timeline_plot(tmp_path):
 def test_bad_arguments_name_what_is_allowed(capsys):
     for argv, words in ((["--modes", "plain,turbo"], "--modes 'plain,turbo'"),
                         (["--fixed-k", "6", "--kmax", "5"], "1 <= fixed-k <= kmax <= 16"),
-                        (["--prompts", "0"], "--prompts 0: must be >= 1")):
+                        (["--prompts", "0"], "--prompts 0: must be >= 1"),
+                        (["--alpha-range", "0.9,0.8"], "must be LO,HI with 0 <= LO <= HI < 1"),
+                        (["--alpha-range", "0.9"], "--alpha-range '0.9'"),
+                        (["--alpha-range", "0.5,1.0"], "0 <= LO <= HI < 1")):
         with pytest.raises(SystemExit) as exc:
             rollout.main(argv)
         assert exc.value.code == 2 and words in capsys.readouterr().err
