@@ -56,6 +56,12 @@ class EfficientConfig:
     seed: int = 0
     """Seed of the controller's random generator (the bandit's Thompson draws). >= 0."""
 
+    draft_kv_window: int = 0
+    """0: a draft step attends to the whole context. W >= 64: it attends to each request's first 4 positions
+    and its last W (``engine/draft_window.py``); the verify pass still reads everything, so outputs keep the
+    target's distribution, but acceptance may drop. For long contexts, where a draft step's attention reads
+    as much KV as a target step. Its effect on real acceptance is not measured yet."""
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
@@ -98,6 +104,8 @@ def _check_ranges(cfg: EfficientConfig) -> None:
         raise _bad("sync_discount", cfg.sync_discount, "a number in (0, 1]")
     if cfg.seed < 0:
         raise _bad("seed", cfg.seed, "an integer >= 0")
+    if cfg.draft_kv_window != 0 and not 64 <= cfg.draft_kv_window <= 1 << 20:
+        raise _bad("draft_kv_window", cfg.draft_kv_window, "0 (the whole context) or an integer from 64 to 1048576")
     if cfg.calibration_path is not None and not os.path.isfile(cfg.calibration_path):
         raise _bad("calibration_path", cfg.calibration_path, "null or the path of an existing JSON file")
 

@@ -24,8 +24,9 @@ def test_valid_values_round_trip(tmp_path):
     calib = tmp_path / "calib.json"
     calib.write_text("{}")
     raw = dict(speculate=False, drafter="fp8", max_draft_len=16, gate="always", gate_margin=0,
-               bandit=False, sync_discount=1, calibration_path=str(calib), seed=3)
+               bandit=False, sync_discount=1, calibration_path=str(calib), seed=3, draft_kv_window=64)
     cfg = parse_efficient_config(raw)
+    assert cfg.draft_kv_window == 64
     assert cfg.gate_margin == 0.0 and isinstance(cfg.gate_margin, float)
     assert cfg.sync_discount == 1.0 and cfg.max_draft_len == 16 and cfg.calibration_path == str(calib)
 
@@ -52,6 +53,9 @@ def test_valid_values_round_trip(tmp_path):
         ("calibration_path", 7, "file path string"),
         ("seed", -1, ">= 0"),
         ("seed", 1.5, "type int"),
+        ("draft_kv_window", 63, "0 \\(the whole context\\) or an integer from 64"),
+        ("draft_kv_window", -1, "from 64 to 1048576"),
+        ("draft_kv_window", 512.0, "type int"),
     ],
 )
 def test_each_wrong_value_names_key_value_and_allowed(key, value, allowed):

@@ -113,7 +113,8 @@ def engine_launch(mode: str, args, model_path: str, timeline: str):
                ER_VERL_CONTROL=None, ER_VERL_TIMELINE=None, ER_VERL_PLAIN_GRAPH_MAX_BS=None)
     if mode == "plain":  # SGLang untouched but for the timeline hook (plugin.register)
         return common, {**off, "ER_VERL_TIMELINE": timeline}
-    cfg = EfficientConfig(max_draft_len=args.kmax, gate="auto", bandit=mode == "bandit", seed=args.seed)
+    cfg = EfficientConfig(max_draft_len=args.kmax, gate="auto", bandit=mode == "bandit", seed=args.seed,
+                          draft_kv_window=args.draft_kv_window)
     ours = self_draft_server_args(cfg, model_path, requests)
     ours["attention_backend"] = args.ours_attention
     # The efficient_sglang server's default graph sizes: drafter / verify graphs within FlashInfer's workspace,
@@ -270,6 +271,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ours-attention", default="flashinfer", choices=("flashinfer", "triton"),
                    help="er_verl's attention backend (plain SGLang keeps flashinfer). On the H200 8B run, triton "
                         "took ~210 ms per step at bs 400-512 and did not finish")
+    p.add_argument("--draft-kv-window", type=int, default=0,
+                   help="gate/bandit modes: EfficientConfig.draft_kv_window (0: drafts attend to the whole context)")
     p.add_argument("--alpha-range", default="0.5,0.95", metavar="LO,HI",
                    help="each group's forced acceptance is drawn from U(LO, HI) (0 <= LO <= HI < 1); the default is "
                         "a wide mix, the paper's W4 self-drafters accept ~0.94 (~0.85-0.98)")
@@ -293,6 +296,8 @@ def execute(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str
     for name in ("prompts", "n", "max_len", "prompt_len"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.draft_kv_window != 0 and args.draft_kv_window < 64:
+        p.error(f"--draft-kv-window {args.draft_kv_window}: must be 0 or >= 64")
     alphas = parse_alpha_range(args.alpha_range)
     if alphas is None:
         p.error(f"--alpha-range {args.alpha_range!r}: must be LO,HI with 0 <= LO <= HI < 1")
@@ -311,6 +316,8 @@ def execute(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str
         report["rows"].append(run_mode(mode, args, model_path, reqs, out_dir))
         report["rows"][-1]["command"] = report["environment"]["command"]  # modes may come from several calls
         report["rows"][-1]["alpha_range"] = list(alphas)
+        if mode in ("gate", "bandit"):
+            report["rows"][-1]["draft_kv_window"] = args.draft_kv_window
         report["summary"] = summarize(report["rows"])
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

@@ -41,7 +41,7 @@ from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
 from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.config import config_from_json
-from er_verl.engine import loader, spec_round, verify, verify_plan
+from er_verl.engine import draft_window, loader, spec_round, verify, verify_plan
 from er_verl.engine.faults import oom_in_capture
 from er_verl.engine.profile import DecodeSummary, RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
@@ -67,6 +67,21 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         self.drafter.runner = self.draft_runner
         # capture_decode_graphs (run inside super().__init__) may already have set the target's K=0 graphs
         self.target_graphs = getattr(self, "target_graphs", None)
+        self._install_draft_window()
+
+    def _install_draft_window(self) -> None:
+        """``draft_kv_window`` of the server's EfficientConfig (``ER_VERL_CONTROL``): see ``draft_window``."""
+        raw = os.environ.get(CONTROL_ENV)
+        window = config_from_json(raw).draft_kv_window if raw else 0
+        if window == 0:
+            return
+        why_not = draft_window.install(self.draft_runner.attn_backend, window)
+        if why_not:
+            print(f"er_verl[scheduler]: WARNING draft_kv_window={window} is not applied ({why_not}); "
+                  "draft steps attend to the whole context", flush=True)
+        else:
+            print(f"er_verl[scheduler]: draft steps attend to the first {draft_window.SINKS} and the last {window} "
+                  "positions of each request (draft_kv_window); verify reads the whole context", flush=True)
 
     def init_cuda_graphs(self, *args, **kwargs):
         """Stock init (the draft runner gets only its eager runner), then :meth:`capture_decode_graphs`."""
