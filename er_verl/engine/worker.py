@@ -67,7 +67,6 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         self.drafter.runner = self.draft_runner
         # capture_decode_graphs (run inside super().__init__) may already have set the target's K=0 graphs
         self.target_graphs = getattr(self, "target_graphs", None)
-        self._install_draft_window()
 
     def _install_draft_window(self) -> None:
         """``draft_kv_window`` of the server's EfficientConfig (``ER_VERL_CONTROL``): see ``draft_window``."""
@@ -75,7 +74,7 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         window = config_from_json(raw).draft_kv_window if raw else 0
         if window == 0:
             return
-        why_not = draft_window.install(self.draft_runner.attn_backend, window)
+        why_not = draft_window.install(getattr(self.draft_runner, "attn_backend", None), window)
         if why_not:
             print(f"er_verl[scheduler]: WARNING draft_kv_window={window} is not applied ({why_not}); "
                   "draft steps attend to the whole context", flush=True)
@@ -87,6 +86,7 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         """Stock init (the draft runner gets only its eager runner), then :meth:`capture_decode_graphs`."""
         super().init_cuda_graphs(*args, **kwargs)
         self.capture_decode_graphs()
+        self._install_draft_window()
 
     def alloc_memory_pool(self, memory_pool_config=None, req_to_token_pool=None, token_to_kv_pool_allocator=None):
         """Share the target's pools (no draft KV), then allocate and requantize the drafter's buffers.
