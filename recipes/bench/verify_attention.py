@@ -1,0 +1,113 @@
+"""Attention alone, one Qwen3-8B layer's shapes (32 q heads, 8 KV heads, head dim 128, bf16, page size 1):
+FlashInfer's decode kernel (what a plain step and a draft step run) against its causal batch-prefill kernel
+over K+1 query rows per request (what our verify pass runs), at long contexts.
+
+Why (issue 5, runs 12-14, 2026-11-26): in the rollout a K=1 verify pass cost ~4 ms more than a plain step at
+bs 29-44 and 3.5k-token contexts, but only ~0.3 ms more at bs 32 with 256-token contexts (decode bench). The
+KV read per layer is the same for both kernels (the K+1 rows share one request's KV), so any gap here is the
+kernel's, and 36 layers multiply it.
+
+    python3 recipes/bench/verify_attention.py --out verify_attention.json   (GPU host; ~1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+
+import torch
+
+QO_HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
+
+
+def timed(fn, iters: int = 100, repeats: int = 5) -> float:
+    """Median over ``repeats`` of the mean µs per call of ``iters`` back-to-back calls."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        runs.append(start.elapsed_time(end) * 1e3 / iters)
+    return statistics.median(runs)
+
+
+def case(flashinfer, bs: int, context: int, k: int, window: int | None, workspace) -> dict:
+    dev = torch.device("cuda")
+    new = k + 1  # the verify pass's tokens per request; their K/V are in the cache before attention runs
+    kv_len = context + new
+    slots = bs * kv_len + 1024
+    k_cache = torch.randn(slots, 1, KV_HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    indices = torch.randperm(slots, device=dev)[:bs * kv_len].to(torch.int32)  # scattered slots, as after churn
+    kv_indptr = torch.arange(0, bs + 1, device=dev, dtype=torch.int32) * kv_len
+    last = torch.ones(bs, device=dev, dtype=torch.int32)
+    row = {"bs": bs, "context": context, "k": k}
+
+    decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=True)
+    decode.plan(kv_indptr, indices, last, QO_HEADS, KV_HEADS, HEAD_DIM, 1, q_data_type=torch.bfloat16,
+                data_type=torch.bfloat16)
+    q1 = torch.randn(bs, QO_HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16)
+    row["decode_us"] = timed(lambda: decode.run(q1, (k_cache, v_cache)))
+
+    prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
+    qo_indptr = torch.arange(0, bs + 1, device=dev, dtype=torch.int32) * new
+    prefill.plan(qo_indptr, kv_indptr, indices, last, QO_HEADS, KV_HEADS, HEAD_DIM, 1, causal=True,
+                 q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+    qv = torch.randn(bs * new, QO_HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16)
+    row["verify_prefill_us"] = timed(lambda: prefill.run(qv, (k_cache, v_cache)))
+    row["verify_vs_decode"] = row["verify_prefill_us"] / row["decode_us"]
+
+    if window:  # a windowed draft step (draft_kv_window): min(L, 4 + window) positions per request
+        w = min(kv_len, 4 + window)
+        w_indptr = torch.arange(0, bs + 1, device=dev, dtype=torch.int32) * w
+        w_indices = indices.view(bs, kv_len)[:, -w:].reshape(-1).contiguous()
+        wdec = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD", use_tensor_cores=True)
+        wdec.plan(w_indptr, w_indices, last, QO_HEADS, KV_HEADS, HEAD_DIM, 1, q_data_type=torch.bfloat16,
+                  data_type=torch.bfloat16)
+        row[f"decode_window{window}_us"] = timed(lambda: wdec.run(q1, (k_cache, v_cache)))
+    kv_bytes = bs * kv_len * KV_HEADS * HEAD_DIM * 2 * 2
+    row["decode_TBps"] = kv_bytes / row["decode_us"] / 1e6
+    row["verify_TBps"] = kv_bytes / row["verify_prefill_us"] / 1e6
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bs", default="1,8,32,64")
+    p.add_argument("--context", default="256,1024,3500")
+    p.add_argument("--k", default="1,3")
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--out", default="verify_attention.json")
+    args = p.parse_args()
+    import flashinfer
+
+    workspace = torch.empty(512 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    rows = []
+    for bs in (int(x) for x in args.bs.split(",")):
+        for context in (int(x) for x in args.context.split(",")):
+            for k in (int(x) for x in args.k.split(",")):
+                row = case(flashinfer, bs, context, k, args.window, workspace)
+                rows.append(row)
+                print(json.dumps({key: round(v, 3) if isinstance(v, float) else v for key, v in row.items()}),
+                      flush=True)
+    report = {"gpu": torch.cuda.get_device_name(), "versions": {"torch": torch.__version__,
+              "flashinfer": flashinfer.__version__}, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              "command": "python3 recipes/bench/verify_attention.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+              "layer": {"qo_heads": QO_HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "dtype": "bf16"},
+              "rows": rows}
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
