@@ -20,6 +20,7 @@ import statistics
 import torch
 
 QO_HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
+VARIANTS: list = []  # (FlashInfer prefill backend, fixed_split_size) pairs, from --variants
 
 
 def timed(fn, iters: int = 100, repeats: int = 5) -> float:
@@ -64,6 +65,14 @@ def case(flashinfer, bs: int, context: int, k: int, window: int | None, workspac
     qv = torch.randn(bs * new, QO_HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16)
     row["verify_prefill_us"] = timed(lambda: prefill.run(qv, (k_cache, v_cache)))
     row["verify_vs_decode"] = row["verify_prefill_us"] / row["decode_us"]
+    for backend, split in VARIANTS:  # the same causal verify with a forced KV split and/or another kernel family
+        try:
+            var = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
+            var.plan(qo_indptr, kv_indptr, indices, last, QO_HEADS, KV_HEADS, HEAD_DIM, 1, causal=True,
+                     q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16, fixed_split_size=split)
+            row[f"verify_{backend}_split{split}_us"] = timed(lambda: var.run(qv, (k_cache, v_cache)))
+        except Exception as exc:  # noqa: BLE001 - a variant this build does not have: say so in the row
+            row[f"verify_{backend}_split{split}_error"] = f"{type(exc).__name__}: {exc}"[:200]
 
     if window:  # a windowed draft step (draft_kv_window): min(L, 4 + window) positions per request
         w = min(kv_len, 4 + window)
@@ -85,8 +94,12 @@ def main() -> int:
     p.add_argument("--context", default="256,1024,3500")
     p.add_argument("--k", default="1,3")
     p.add_argument("--window", type=int, default=512)
+    p.add_argument("--variants", default="", help="e.g. fa2:256,fa2:1024,fa3:None: verify kernels to time beside")
     p.add_argument("--out", default="verify_attention.json")
     args = p.parse_args()
+    for item in filter(None, args.variants.split(",")):
+        backend, split = item.split(":")
+        VARIANTS.append((backend, None if split == "None" else int(split)))
     import flashinfer
 
     workspace = torch.empty(512 * 1024 * 1024, dtype=torch.uint8, device="cuda")
