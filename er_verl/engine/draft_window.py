@@ -72,7 +72,8 @@ class WindowedDecodeUpdate:
             lengths_cpu = window_lengths(seq_lens_cpu, self.window)
             total = int(lengths_cpu.sum())
         else:  # an upper bound is enough: it only sizes an eager step's index buffer
-            lengths_cpu, total = None, min(int(seq_lens_sum), len(req_pool_indices) * (SINKS + self.window))
+            bound = len(req_pool_indices) * (SINKS + self.window)
+            lengths_cpu, total = None, bound if seq_lens_sum is None else min(int(seq_lens_sum), bound)
         up.call_begin_forward(wrapper, req_pool_indices, lengths, total, up.kv_indptr[0], seq_lens - lengths,
                               spec_info, lengths_cpu, fixed_split_size=fixed_split_size,
                               disable_split_kv=disable_split_kv)

@@ -73,6 +73,8 @@ def test_without_host_lengths_the_buffer_size_is_an_upper_bound_and_nothing_sync
     up.update(torch.tensor([0, 1]), seq_lens, None, 507)
     assert up.planned == [(min(507, 2 * (SINKS + 100)), None)]
     assert _per_request(up, [SINKS + 100, 7])[1] == [10_000 + p for p in range(7)]
+    up.update(torch.tensor([0, 1]), seq_lens, None, None)  # a batch without a host length sum either
+    assert up.planned[-1] == (2 * (SINKS + 100), None)
 
 
 def test_write_sinks_leaves_other_requests_entries_alone():
