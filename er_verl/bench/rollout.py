@@ -25,6 +25,7 @@ import sys
 import time
 
 from er_verl.bench import decode
+from er_verl.config import parse_efficient_config
 
 MODES = ("plain", "fixed", "gate", "bandit")
 
@@ -296,8 +297,10 @@ def execute(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str
     for name in ("prompts", "n", "max_len", "prompt_len"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
-    if args.draft_kv_window != 0 and args.draft_kv_window < 64:
-        p.error(f"--draft-kv-window {args.draft_kv_window}: must be 0 or >= 64")
+    try:  # the config's own check (one place for the allowed range)
+        parse_efficient_config({"draft_kv_window": args.draft_kv_window})
+    except ValueError as exc:
+        p.error(f"--draft-kv-window {args.draft_kv_window}: {exc}")
     alphas = parse_alpha_range(args.alpha_range)
     if alphas is None:
         p.error(f"--alpha-range {args.alpha_range!r}: must be LO,HI with 0 <= LO <= HI < 1")

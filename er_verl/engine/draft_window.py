@@ -2,11 +2,11 @@
 
 Why: at long contexts a decode step's attention reads every cached K/V of every request, and the int4
 drafter reads exactly as much of it as the target does (the KV cache is shared and bf16). Qwen3-8B stores
-147 KB of K/V per token (36 layers × 8 KV heads × 128 × 2 × 2 bytes), so a batch of 29 requests at
-~3.5k tokens reads ~15 GB per step, ~3.7 ms on an H200, whatever the weights cost. In the issue-5 rollout
-(H200, 8B, 2026-11-26, run 12) the cost model measured a draft step at 0.85–0.94 of a plain step at
-bs 23–37: the tail of a long rollout is where speculation should pay, and there a draft step saved almost
-nothing.
+147 KB of K/V per token (36 layers × 8 KV heads × 128 × 2 × 2 bytes), so by arithmetic a batch of 29 requests
+at ~3.5k tokens reads ~15 GB per step, ~3.7 ms at 4 TB/s, whatever the weights cost. In the issue-5 rollout
+(H200, 8B, 2026-11-26, run 13) the corrected cost model put a draft step at 0.83–0.94 of a plain step at
+bs 23–36: the tail of a long rollout is where speculation should pay, and there a draft step saved little.
+With a window of 512 (run 14) it was 0.63 of a plain step at bs 29.
 
 What: with a window W > 0 each draft step attends to the first ``SINKS`` positions of its request (the
 attention sinks of StreamingLLM) and its last W positions; the target's verify pass still attends to

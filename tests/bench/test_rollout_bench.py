@@ -43,7 +43,9 @@ def test_bad_arguments_name_what_is_allowed(capsys):
                         (["--prompts", "0"], "--prompts 0: must be >= 1"),
                         (["--alpha-range", "0.9,0.8"], "must be LO,HI with 0 <= LO <= HI < 1"),
                         (["--alpha-range", "0.9"], "--alpha-range '0.9'"),
-                        (["--alpha-range", "0.5,1.0"], "0 <= LO <= HI < 1")):
+                        (["--alpha-range", "0.5,1.0"], "0 <= LO <= HI < 1"),
+                        (["--draft-kv-window", "32"], "--draft-kv-window 32: actor_rollout_ref.rollout.custom."
+                                                      "efficient.draft_kv_window=32 is invalid")):
         with pytest.raises(SystemExit) as exc:
             rollout.main(argv)
         assert exc.value.code == 2 and words in capsys.readouterr().err
