@@ -114,3 +114,91 @@ def test_env_switch():
     assert verify_plan.enabled({}) and not verify_plan.enabled({verify_plan.FAST_VERIFY_PLAN_ENV: "0"})
     with pytest.raises(ValueError, match="ER_VERL_FAST_VERIFY_PLAN='yes': expected 1"):
         verify_plan.enabled({verify_plan.FAST_VERIFY_PLAN_ENV: "yes"})
+
+
+class Module:
+    """FlashInfer's fa2 prefill module as the planner sees it: records the plan arguments it was given."""
+
+    def __init__(self):
+        self.plans = []
+
+    def plan(self, *args):
+        self.plans.append(args)
+        return tuple(args)
+
+    def paged_run(self):
+        return "run"
+
+
+def _plan_args(enable_cuda_graph=True, disable_split_kv=False):
+    # float ws, int ws, pinned ws, qo, kv indptr, kv lens, rows, bs, qo heads, kv heads, page, graph,
+    # head dims, causal, window, fixed split, disable split, colocated CTAs (flashinfer 0.6.12)
+    return ["f", "i", "p", "qo", "kv", "lens", 64, 32, 32, 8, 1, enable_cuda_graph, 128, 128, True, -1, -1,
+            disable_split_kv, 0]
+
+
+class FlashInferLikeWrapper:
+    """Re-assigns ``_cached_module`` at every plan, as FlashInfer's ``plan`` does."""
+
+    def __init__(self, module, backend="fa2"):
+        self._cached_module, self._backend, self.module = None, backend, module
+
+    def plan(self):
+        self._cached_module = self.module
+        return self._cached_module.plan(*_plan_args())
+
+
+def test_unsplit_module_plans_the_eager_unsplit_schedule_on_every_plan():
+    module = Module()
+    w = FlashInferLikeWrapper(module)
+    assert verify_plan.UnsplitPlanModule.install(w)
+    assert isinstance(w, FlashInferLikeWrapper) and type(w) is not FlashInferLikeWrapper
+    for _ in range(3):  # capture, then replays: FlashInfer re-assigns the module each time; the override stays
+        args = w.plan()
+        assert args[11] is False and args[17] is True  # enable_cuda_graph off, KV split off
+        assert args[:11] == tuple(_plan_args()[:11]) and args[18] == 0  # everything else as given
+    assert isinstance(w._cached_module, verify_plan.UnsplitPlanModule) and w._cached_module.paged_run() == "run"
+    other = FlashInferLikeWrapper(Module())
+    assert other.plan()[11] is True  # an un-installed wrapper keeps FlashInfer's graph plan
+    fa3 = FlashInferLikeWrapper(Module(), backend="fa3")
+    assert not verify_plan.UnsplitPlanModule.install(fa3) and type(fa3) is FlashInferLikeWrapper
+
+
+def test_unsplit_module_refuses_a_plan_signature_it_does_not_know():
+    module = verify_plan.UnsplitPlanModule(Module())
+    with pytest.raises(TypeError, match="18 arguments, expected 19"):
+        module.plan(*_plan_args()[:-1])
+    args = _plan_args()
+    args[11] = 1  # not a bool where enable_cuda_graph should be
+    with pytest.raises(TypeError, match="enable_cuda_graph at 11"):
+        module.plan(*args)
+
+
+def test_install_uses_the_unsplit_schedule_from_the_threshold_batch_size(monkeypatch):
+    pytest.importorskip("sglang.srt.layers.attention.flashinfer_backend")
+    from flashinfer import BatchPrefillWithPagedKVCacheWrapper
+    from sglang.srt.layers.attention import flashinfer_backend as fib
+
+    seen, real, fast = _calls()
+    monkeypatch.setattr(BatchPrefillWithPagedKVCacheWrapper, "plan", real)
+    monkeypatch.setattr(fib, "fast_prefill_plan", fast)
+    monkeypatch.setenv(verify_plan.UNSPLIT_MIN_BS_ENV, "4")
+
+    class FaWrapper(Wrapper):
+        _backend = "fa2"
+
+    b = Backend()
+    b._create_prefill_wrappers = lambda bs, use_custom_mask=False: [FaWrapper()]
+    assert verify_plan.install(b)
+    for bs in (2, 3, 4, 8):
+        b._prepare_cuda_graph_metadata(bs, bs * 4, Mode(True), None)
+    unsplit = {bs: isinstance(vars(type(ws[0])).get("_cached_module"), property)
+               for bs, ws in b.prefill_cuda_graph_metadata.items()}
+    assert unsplit == {2: False, 3: False, 4: True, 8: True}
+
+
+def test_unsplit_threshold_env():
+    assert verify_plan.unsplit_min_bs({}) == verify_plan.UNSPLIT_MIN_BS == 16
+    assert verify_plan.unsplit_min_bs({verify_plan.UNSPLIT_MIN_BS_ENV: "0"}) == 0
+    with pytest.raises(ValueError, match="ER_VERL_VERIFY_UNSPLIT_MIN_BS='-1': expected a batch size"):
+        verify_plan.unsplit_min_bs({verify_plan.UNSPLIT_MIN_BS_ENV: "-1"})
