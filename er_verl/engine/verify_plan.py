@@ -89,11 +89,11 @@ class UnsplitPlanModule:
 
     In CUDA-graph mode FlashInfer's planner (``PrefillSplitQOKVIndptr``) must fit any q-length mix, so it sizes
     the query tile by the worst case (one request holding all rows: ``(rows - bs + 1) * gqa`` > 64, so 128 rows
-    of q per CTA for a K+1 = 2 chain at bs >= 17) and splits KV then merges. A chain verify has K+1 rows in every
+    of q per CTA for a K+1 = 2 chain at bs >= 16) and splits KV then merges. A chain verify has K+1 rows in every
     request, so the eager schedule (tile 16 for K <= 3 with 4-way GQA, one CTA per request and KV head) is the
     same at capture and at every replay of one (bs, K) graph. H200, one 8B layer, bs 32, 3.5k tokens
-    (``results/issue4_verify_attention_graph_h200.json``): graph plan 194 µs, this schedule 123 µs, decode
-    115 µs. The override sets the plan's ``enable_cuda_graph`` to False and ``disable_split_kv`` to True; the
+    (``results/issue4_verify_attention_graph_h200.json``, K=1): graph plan 184 µs, this schedule 117 µs, decode
+    113 µs. The override sets the plan's ``enable_cuda_graph`` to False and ``disable_split_kv`` to True; the
     wrapper's buffers stay the graph's. :meth:`install` routes every plan of a wrapper through it (FlashInfer's
     ``plan`` re-assigns ``_cached_module`` each time) by giving the wrapper a ``_cached_module`` property."""
 
