@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional
 CONFIG_PREFIX = "actor_rollout_ref.rollout.custom.efficient"
 DRAFTERS = ("int4", "fp8")
 GATE_MODES = ("auto", "always", "never")
+MIN_DRAFT_KV_WINDOW, MAX_DRAFT_KV_WINDOW = 64, 1 << 20  # EfficientConfig.draft_kv_window when not 0
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,9 @@ def _check_ranges(cfg: EfficientConfig) -> None:
         raise _bad("sync_discount", cfg.sync_discount, "a number in (0, 1]")
     if cfg.seed < 0:
         raise _bad("seed", cfg.seed, "an integer >= 0")
-    if cfg.draft_kv_window != 0 and not 64 <= cfg.draft_kv_window <= 1 << 20:
-        raise _bad("draft_kv_window", cfg.draft_kv_window, "0 (the whole context) or an integer from 64 to 1048576")
+    if cfg.draft_kv_window != 0 and not MIN_DRAFT_KV_WINDOW <= cfg.draft_kv_window <= MAX_DRAFT_KV_WINDOW:
+        raise _bad("draft_kv_window", cfg.draft_kv_window,
+                   f"0 (the whole context) or an integer from {MIN_DRAFT_KV_WINDOW} to {MAX_DRAFT_KV_WINDOW}")
     if cfg.calibration_path is not None and not os.path.isfile(cfg.calibration_path):
         raise _bad("calibration_path", cfg.calibration_path, "null or the path of an existing JSON file")
 

@@ -145,6 +145,7 @@ def environment(args, argv, tool: str = "decode") -> dict:
         python=platform.python_version(), command=f"er-verl bench {tool} " + " ".join(argv),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         shape=args.shape, prompt_len=args.prompt_len, new_tokens=getattr(args, "new_tokens", None), temperature=1.0,
+        er_verl_env={k: v for k, v in sorted(os.environ.items()) if k.startswith("ER_VERL_")},  # knobs set by hand
     )
 
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import torch
 
+from er_verl.config import MIN_DRAFT_KV_WINDOW as MIN_WINDOW
+
 SINKS = 4  # StreamingLLM's sink count: the first positions of every request stay visible to the drafter
-MIN_WINDOW = 64
 
 
 def window_lengths(seq_lens: torch.Tensor, window: int) -> torch.Tensor:

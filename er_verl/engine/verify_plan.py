@@ -207,7 +207,7 @@ def attention_backend_around(original, runner, *args, **kwargs):
     if isinstance(backend, FlashInferAttnBackend) and not install(backend):
         print("er_verl[scheduler]: the target's FlashInfer backend keeps SGLang's verify plans "
               "(two wrappers or a non-fa2 prefill backend)", flush=True)
-    elif isinstance(backend, FlashInferAttnBackend) and unsplit_min_bs():
-        print(f"er_verl[scheduler]: verify graphs of bs >= {unsplit_min_bs()} use the unsplit schedule "
-              f"({UNSPLIT_MIN_BS_ENV})", flush=True)
+    elif isinstance(backend, FlashInferAttnBackend) and (min_bs := unsplit_min_bs()):
+        print(f"er_verl[scheduler]: verify graphs of bs >= {min_bs} use the unsplit schedule ({UNSPLIT_MIN_BS_ENV})",
+              flush=True)
     return backend

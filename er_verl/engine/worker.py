@@ -68,10 +68,16 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         # capture_decode_graphs (run inside super().__init__) may already have set the target's K=0 graphs
         self.target_graphs = getattr(self, "target_graphs", None)
 
+    @staticmethod
+    def _control_config():
+        """The server's EfficientConfig (``ER_VERL_CONTROL``, JSON), or None when the variable is unset."""
+        raw = os.environ.get(CONTROL_ENV)
+        return config_from_json(raw) if raw else None
+
     def _install_draft_window(self) -> None:
         """``draft_kv_window`` of the server's EfficientConfig (``ER_VERL_CONTROL``): see ``draft_window``."""
-        raw = os.environ.get(CONTROL_ENV)
-        window = config_from_json(raw).draft_kv_window if raw else 0
+        cfg = self._control_config()
+        window = cfg.draft_kv_window if cfg else 0
         if window == 0:
             return
         why_not = draft_window.install(getattr(self.draft_runner, "attn_backend", None), window)
@@ -302,15 +308,14 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
     def _controller_feedback(self):
         """The controller (``ER_VERL_CONTROL``: the EfficientConfig as JSON, set by the server) with its
         feedback queue, or None: no controller when ``ER_VERL_SPEC_K`` forces K or the variable is unset."""
-        raw = os.environ.get(CONTROL_ENV)
-        if not raw or self.forced_k:
+        cfg = self._control_config()
+        if cfg is None or self.forced_k:
             return None
         from er_verl.control.controller import Controller
         from er_verl.control.cost_model import ModelShape
         from er_verl.engine.checks import target_weight_bytes
         from er_verl.engine.feedback import RoundFeedback
 
-        cfg = config_from_json(raw)
         shape = ModelShape(num_params=target_weight_bytes(self.target_worker.model_runner.model) / 2.0)
         controller = Controller.from_config(cfg, shape)
         print(f"er_verl[scheduler]: controller on (gate {cfg.gate}, bandit {cfg.bandit}, Kmax {cfg.max_draft_len})",

@@ -75,3 +75,12 @@ def test_several_engines_run_one_process_each_and_a_failure_says_where_the_resul
     assert decode.parse(calls[1][3:]).engines == ["ours"]  # the last --engines wins
     with pytest.raises(RuntimeError, match="ours engine's process exited with 3.*a rerun resumes"):
         decode.run_each_in_a_process(["ours"], argv, str(out), runner=lambda c: types.SimpleNamespace(returncode=3))
+
+
+def test_environment_records_the_er_verl_knobs_set_by_hand(monkeypatch):
+    monkeypatch.setenv("ER_VERL_VERIFY_UNSPLIT_MIN_BS", "1")
+    monkeypatch.setenv("OTHER_VAR", "x")
+    args = types.SimpleNamespace(shape="qwen3-8b", prompt_len=256, new_tokens=8)
+    env = decode.environment(args, ["--bs", "1"])
+    assert env["er_verl_env"]["ER_VERL_VERIFY_UNSPLIT_MIN_BS"] == "1" and "OTHER_VAR" not in env["er_verl_env"]
+    assert env["command"] == "er-verl bench decode --bs 1"
