@@ -53,6 +53,13 @@ REPORT_ENV = "ER_VERL_DRAFTER_REPORT"  # a JSONL path: one line of checks per re
 _DRAFT_INIT = inspect.signature(_sw2.StandaloneDraftWorker.__init__)
 
 
+def control_config(environ=os.environ):
+    """The server's EfficientConfig (``ER_VERL_CONTROL``, JSON), or None when the variable is unset. Read by the
+    draft worker (the draft window) and the spec worker (the controller)."""
+    raw = environ.get(CONTROL_ENV)
+    return config_from_json(raw) if raw else None
+
+
 class SelfDraftWorker(_sw2.StandaloneDraftWorker):
     """StandaloneDraftWorker whose model is the target's self-drafter (``self.drafter``)."""
 
@@ -68,15 +75,9 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         # capture_decode_graphs (run inside super().__init__) may already have set the target's K=0 graphs
         self.target_graphs = getattr(self, "target_graphs", None)
 
-    @staticmethod
-    def _control_config():
-        """The server's EfficientConfig (``ER_VERL_CONTROL``, JSON), or None when the variable is unset."""
-        raw = os.environ.get(CONTROL_ENV)
-        return config_from_json(raw) if raw else None
-
     def _install_draft_window(self) -> None:
         """``draft_kv_window`` of the server's EfficientConfig (``ER_VERL_CONTROL``): see ``draft_window``."""
-        cfg = self._control_config()
+        cfg = control_config()
         window = cfg.draft_kv_window if cfg else 0
         if window == 0:
             return
@@ -308,7 +309,7 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
     def _controller_feedback(self):
         """The controller (``ER_VERL_CONTROL``: the EfficientConfig as JSON, set by the server) with its
         feedback queue, or None: no controller when ``ER_VERL_SPEC_K`` forces K or the variable is unset."""
-        cfg = self._control_config()
+        cfg = control_config()
         if cfg is None or self.forced_k:
             return None
         from er_verl.control.controller import Controller

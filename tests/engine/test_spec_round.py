@@ -424,3 +424,22 @@ def test_every_request_of_a_batch_carries_the_tag_keys_sglang_streams():
     before = dict(reqs[0].customized_info)
     ensure_tags(reqs)  # idempotent: existing tags kept
     assert reqs[0].customized_info == before
+
+
+def test_the_spec_worker_starts_its_controller_from_the_servers_config(monkeypatch, capsys):
+    """``_controller_feedback`` as the spec worker's __init__ calls it (the 40e5b15 review moved the config
+    parsing into a helper that only the draft worker had; the engine then failed to start on the H200)."""
+    from er_verl.config import EfficientConfig, config_to_json
+    from er_verl.engine.worker import CONTROL_ENV, SelfSpecWorkerV2, control_config
+
+    model = torch.nn.Linear(4, 4)
+    me = types.SimpleNamespace(forced_k=0, target_worker=types.SimpleNamespace(
+        model_runner=types.SimpleNamespace(model=model)))
+    monkeypatch.delenv(CONTROL_ENV, raising=False)
+    assert control_config() is None and SelfSpecWorkerV2._controller_feedback(me) is None
+    monkeypatch.setenv(CONTROL_ENV, config_to_json(EfficientConfig(max_draft_len=3, draft_kv_window=512)))
+    assert control_config().draft_kv_window == 512
+    feedback = SelfSpecWorkerV2._controller_feedback(me)
+    assert feedback is not None and "controller on" in capsys.readouterr().out
+    me.forced_k = 2  # ER_VERL_SPEC_K forces K: no controller
+    assert SelfSpecWorkerV2._controller_feedback(me) is None
