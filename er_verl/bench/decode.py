@@ -77,6 +77,7 @@ def engine_launch(kind: str, args, model_path: str):
         random_seed=0, log_level="error",
     )
     off = dict(ER_VERL_ENGINE=None, ER_VERL_SELF_DRAFT=None, ER_VERL_SPEC_K=None, ER_VERL_FORCE_ACCEPT=None,
+               ER_VERL_CONTROL=None,
                SGLANG_SIMULATE_ACC_LEN=None)
     if kind == "plain":
         return common, off
@@ -94,11 +95,14 @@ def engine_launch(kind: str, args, model_path: str):
     from er_verl.config import EfficientConfig
     from er_verl.engine.server_args import self_draft_env, self_draft_server_args
 
-    ours = self_draft_server_args(EfficientConfig(max_draft_len=kmax), model_path, max(args.bs))
+    cfg = EfficientConfig(max_draft_len=kmax, draft_kv_window=args.draft_kv_window)
+    ours = self_draft_server_args(cfg, model_path, max(args.bs))
     ours["cuda_graph_bs_decode"] = [b for b in sorted(args.bs) if b <= spec_graph_bs_cap(kmax)]
     default_alpha = args.alpha[0] if args.alpha else 1.0
+    # A draft window travels in the server's config (ER_VERL_CONTROL), which also starts the controller; every
+    # request here names its K (er_k), which the worker honours over the controller.
     return {**common, **ours}, {**off, "ER_VERL_ENGINE": "1", "ER_VERL_FORCE_ACCEPT": str(default_alpha),
-                                **self_draft_env(0)}
+                                **self_draft_env(0, cfg if args.draft_kv_window else None)}
 
 
 def prompts(args) -> list[list[int]]:
@@ -306,6 +310,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stock-max-bs", type=int, default=128, help="stock STANDALONE's verify graphs overflow above")
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--draft-kv-window", type=int, default=0,
+                   help="ours: EfficientConfig.draft_kv_window (0: draft steps attend to the whole context)")
     p.add_argument("--mem-fraction", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine-args", default="{}", help="JSON of extra sglang.Engine kwargs for every engine (variants)")
@@ -336,6 +342,12 @@ def normalize(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.
         p.error(f"--bs {args.bs}: batch sizes must be >= 1")
     if not args.k or min(args.k) < 1 or max(args.k) > 16:
         p.error(f"--k {args.k}: draft lengths must be 1..16")
+    try:
+        from er_verl.config import parse_efficient_config
+
+        parse_efficient_config({"draft_kv_window": args.draft_kv_window})
+    except ValueError as exc:
+        p.error(f"--draft-kv-window {args.draft_kv_window}: {exc}")
     if any(not 0.0 <= a <= 1.0 for a in args.alpha + [args.stock_alpha]):
         p.error(f"--alpha {args.alpha} / --stock-alpha {args.stock_alpha}: probabilities must be in [0, 1]")
     try:

@@ -76,7 +76,7 @@ class SelfSpecMixin:
             profiler.begin(self.drafter.forward_steps, self.drafter.graph_steps)
         self.before_decode(batch)
         self.refresh_drafter()
-        k = self.round_k(batch)
+        k = self.decided_k(batch)
         self.use_k(k)
         windows = getattr(self, "torch_windows", None)
         if windows is not None:
@@ -89,6 +89,7 @@ class SelfSpecMixin:
                 self.round_failed(exc)
                 for name, value in saved.items():
                     setattr(batch, name, value)
+                self.exact_lengths(batch)  # the plain step plans from host lengths
                 k = 0
                 self.use_k(0)
         if k == 0:
@@ -110,7 +111,19 @@ class SelfSpecMixin:
                          self.drafter.graph_steps)
         if windows is not None:
             windows.after()
+        self.pending_lengths = None
         return result
+
+    def decided_k(self, batch: Any) -> int:
+        """K for this decode call: the one decided for this very batch at SGLang's resolve (``presync``, set by
+        the worker's ``presync_k``), else :meth:`round_k`. Taken once either way."""
+        pre, self.presync = getattr(self, "presync", None), None
+        if pre is not None and pre[0] is batch:
+            return pre[1]
+        return self.round_k(batch)
+
+    def exact_lengths(self, batch: Any) -> None:
+        """Give ``batch`` exact host lengths where the resolve left a lower bound (``sync_free``); default: none."""
 
     def round_failed(self, exc: BaseException) -> None:
         """A speculative round raised: warn, and decode plainly until the drafter's next good requant

@@ -41,7 +41,7 @@ from sglang.srt.speculative.adaptive_runtime_state import SpecRuntimeState
 from sglang.srt.speculative.eagle_info import EagleDraftInput
 
 from er_verl.config import config_from_json
-from er_verl.engine import draft_window, loader, spec_round, verify, verify_plan
+from er_verl.engine import draft_window, loader, spec_round, sync_free, verify, verify_plan
 from er_verl.engine.faults import oom_in_capture
 from er_verl.engine.profile import DecodeSummary, RoundProfiler, profile_every, timeline_from_env, torch_windows_from_env
 from er_verl.engine.self_spec import DecodeStats, SelfSpecMixin
@@ -79,9 +79,11 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
         """``draft_kv_window`` of the server's EfficientConfig (``ER_VERL_CONTROL``): see ``draft_window``."""
         cfg = control_config()
         window = cfg.draft_kv_window if cfg else 0
+        self.draft_kv_window = 0  # the window the draft steps really use (sync_free reads it)
         if window == 0:
             return
         why_not = draft_window.install(getattr(self.draft_runner, "attn_backend", None), window)
+        self.draft_kv_window = 0 if why_not else window
         if why_not:
             print(f"er_verl[scheduler]: WARNING draft_kv_window={window} is not applied ({why_not}); "
                   "draft steps attend to the whole context", flush=True)
@@ -224,6 +226,9 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             self.summary.probes = lambda: self.feedback.controller.decisions["probe"]
             EVENTS.subscribe(self.feedback.controller.on_weight_sync)
         self._generator = None
+        self.presync = None          # (batch, K) decided at resolve time (presync_k), taken by the decode call
+        self.pending_lengths = None  # sync_free.LengthFetch of this decode call's exact host lengths
+        sync_free.ACTIVE["worker"] = self if sync_free.enabled() else None
         EVENTS.subscribe(self.drafter.mark_dirty)
         report = os.environ.get(REPORT_ENV)
         if report:
@@ -296,6 +301,23 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
             default = min(self.feedback.controller.choose(group_keys(batch)), self.speculative_num_steps_max)
         k = self._from_params(spec_round.batch_k, batch, default, self.speculative_num_steps_max)
         return spec_round.usable_k(k, self.prepared_k)
+
+    def exact_lengths(self, batch) -> None:
+        sync_free.exact_lengths(self, batch)
+
+    def presync_k(self, batch) -> int:
+        """At SGLang's resolve of a decode batch (``sync_free.resolve_around``): its K when the round can be prepared
+        from stale host lengths (``sync_free.eligible``), else 0. Whenever K is decided here, the decode call that
+        follows takes that decision (:meth:`decided_k`) instead of asking the controller again."""
+        self.presync, self.pending_lengths = None, None
+        window = getattr(self._draft_worker, "draft_kv_window", 0)
+        fits = sync_free.eligible(batch.seq_lens_cpu, window, len(batch.reqs), getattr(self, "spec_graph_max_bs", 0))
+        if not fits or not batch.forward_mode.is_decode() or self.drafter.is_dirty \
+                or getattr(batch.spec_info, "bonus_tokens", None) is None:
+            return 0
+        k = self.round_k(batch)
+        self.presync = (batch, k)
+        return k
 
     @staticmethod
     def round_k_unsupported(batch) -> bool:
@@ -452,5 +474,6 @@ HOOKS = (
     ),
     ("sglang.srt.model_executor.model_runner.ModelRunner._get_attention_backend",
      verify_plan.attention_backend_around, "AROUND"),
+    ("sglang.srt.managers.overlap_utils.FutureMap.resolve_seq_lens_cpu", sync_free.resolve_around, "AROUND"),
 )
 """(target, hook, HookType name) for every self-drafter hook; ``plugin.register`` registers them."""

@@ -145,6 +145,12 @@ def test_a_round_publishes_its_own_lengths_and_a_failed_one_falls_back_to_an_ear
         raise RuntimeError("drafter fault")
 
     w.speculative_round = round_raises
-    w.plain_step = lambda b: type("R", (), {})()
+    planned = []
+    w.plain_step = lambda b: planned.append(list(b.seq_lens_cpu)) or type("R", (), {})()
+    # sync_free: the resolve left a lower bound on the host; the plain step that replaces the round must plan
+    # from the exact lengths (exact_lengths), not from the bound restored with the batch's fields
+    batch.seq_lens_cpu = [3]
+    w.exact_lengths = lambda b: setattr(b, "seq_lens_cpu", [4])
     w.forward_batch_generation(batch, on_publish=lambda lens: published.append(lens.tolist()))
     assert published == [[7], [5]]  # the restored lengths + 1
+    assert planned == [[4]]

@@ -35,10 +35,10 @@ ENGINE_KW = dict(
 PROMPTS = [[5, 6, 7, 8], [11, 12, 13], [40, 41, 42, 43, 44, 45], [100, 7, 300]]
 
 
-def generate(path, prompts, sampling, spec_k=None, alpha=None, plain_k0=None, engine_kw=None, **request):
+def generate(path, prompts, sampling, spec_k=None, alpha=None, plain_k0=None, engine_kw=None, window=0, **request):
     """Outputs of one engine: plain SGLang (spec_k None) or er_verl speculating with K = spec_k
     (``plain_k0``: ER_VERL_PLAIN_K0, K=0 steps as the target's own decode graph; ``engine_kw``: overrides
-    of ENGINE_KW)."""
+    of ENGINE_KW; ``window``: draft_kv_window, which also makes long-enough batches resolve sync-free)."""
     import sglang
 
     kw = {**ENGINE_KW, **(engine_kw or {})}
@@ -46,10 +46,12 @@ def generate(path, prompts, sampling, spec_k=None, alpha=None, plain_k0=None, en
         with environ(ER_VERL_ENGINE=None, ER_VERL_SELF_DRAFT=None):
             engine = sglang.Engine(model_path=path, **kw)
     else:
-        args = self_draft_server_args(EfficientConfig(max_draft_len=KMAX), path)
+        cfg = EfficientConfig(max_draft_len=KMAX, draft_kv_window=window)
+        args = self_draft_server_args(cfg, path)
         force = None if alpha is None else str(alpha)
+        env = {"ER_VERL_CONTROL": None, **self_draft_env(spec_k, cfg if window else None)}
         with environ(ER_VERL_ENGINE="1", ER_VERL_FORCE_ACCEPT=force, ER_VERL_PLAIN_K0=plain_k0,
-                     ER_VERL_PLAIN_GRAPH_MAX_BS=None, **self_draft_env(spec_k)):
+                     ER_VERL_PLAIN_GRAPH_MAX_BS=None, **env):
             engine = sglang.Engine(model_path=path, **{**kw, **args})
     try:
         return engine.generate(input_ids=prompts, sampling_params=sampling, **request)
@@ -163,3 +165,23 @@ def contingency(a: list, b: list, min_count: int = 5):
     rows = [[c[t] for t in common] + [sum(v for t, v in c.items() if t not in common)] for c in (ca, cb)]
     table = np.array(rows)
     return table[:, table.sum(0) > 0]
+
+
+def test_windowed_sync_free_rounds_keep_plain_distribution(peaked_model_path):
+    """Prompts longer than a 64-position draft window: every decode batch is resolved without the host wait
+    (``sync_free``; its log line says so) and drafts from the window; the verify pass plans from exact lengths.
+    Tokens 2..4 must still have plain decoding's distribution."""
+    from scipy.stats import chi2_contingency
+
+    n = int(os.environ.get("ER_VERL_TEST_DRAWS", "4000"))
+    prompt = (PROMPTS[0] * 20)[:80]  # 80 > 4 sinks + 64
+    sampling = {"max_new_tokens": 4, "temperature": 1.0, "ignore_eos": True}
+    plain = generate(peaked_model_path, [prompt] * n, sampling)
+    ours = generate(peaked_model_path, [prompt] * n, sampling, spec_k=KMAX, window=64)
+    print(f"windowed, sync-free: {tokens_per_round(ours):.2f} tokens per round at K={KMAX}")
+    assert all(o["meta_info"]["spec_verify_ct"] > 0 for o in ours), "no speculative rounds ran"
+    for pos in (1, 2, 3):
+        table = contingency([o["output_ids"][pos] for o in plain], [o["output_ids"][pos] for o in ours])
+        p_value = chi2_contingency(table)[1]
+        print(f"token {pos + 1}: {table.shape[1]} cells, p = {p_value:.4f}")
+        assert p_value > 1e-3, f"token {pos + 1}: speculative and plain distributions differ (p = {p_value:.2e})"
