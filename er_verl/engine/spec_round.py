@@ -498,10 +498,21 @@ def sample(logits: torch.Tensor, draft_tokens, draft_probs, s: SamplingTensors, 
                                               s.top_k, s.top_p, s.min_p, uniforms, gen, s.need_filter)
     else:
         if isinstance(alpha, list):
-            alpha = torch.tensor(alpha, dtype=torch.float32, device=logits.device)  # [B, 1]
+            alpha = host_to_device(alpha, logits.device)  # [B, 1]
         out, emitted, _ = verify.sample_round_forced(alpha, logits, draft_tokens, num_draft, s.temperature,
                                                      s.top_k, s.top_p, s.min_p, uniforms, gen, s.need_filter)
     return out, emitted
+
+
+def host_to_device(values: list, device) -> torch.Tensor:
+    """fp32 tensor of ``values`` on ``device`` without blocking the host: ``torch.tensor(values, device=cuda)``
+    copies from pageable memory, which waits for all work queued on the stream. Called after the verify pass was
+    queued, that wait kept the host from preparing the next batch until the round had finished (H200 rollout
+    run 16, per-group forced α: host_ms = gpu_ms and ~2.4 ms of GPU idle per K=1 round at bs 29-32)."""
+    host = torch.tensor(values, dtype=torch.float32)
+    if torch.device(device).type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_draft=None, before_draft=None):

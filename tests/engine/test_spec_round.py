@@ -443,3 +443,8 @@ def test_the_spec_worker_starts_its_controller_from_the_servers_config(monkeypat
     assert feedback is not None and "controller on" in capsys.readouterr().out
     me.forced_k = 2  # ER_VERL_SPEC_K forces K: no controller
     assert SelfSpecWorkerV2._controller_feedback(me) is None
+
+
+def test_host_to_device_keeps_values_and_shape():
+    out = spec_round.host_to_device([[0.5], [0.9]], "cpu")
+    assert out.dtype == torch.float32 and out.shape == (2, 1) and out.flatten().tolist() == [0.5, 0.8999999761581421]
