@@ -23,7 +23,8 @@ the target (the launch state's and every ``build_adaptive_runtime_state`` one), 
 The pinned host buffer of a wrapper's plan is copied to the device asynchronously; a later plan of the same
 wrapper may overwrite it only after that copy ran. Here each verify plan follows the publish wait of the
 previous speculative round (SGLang's scheduler resolves the new lengths on the host before the next batch),
-which completes after that round's verify pass. ``ER_VERL_FAST_VERIFY_PLAN=0`` keeps SGLang's own wrappers.
+which completes after that round's verify pass (with ``sync_free`` the round instead waits for a copy of those
+lengths queued behind the same publish, before it plans its verify pass: the same ordering). ``ER_VERL_FAST_VERIFY_PLAN=0`` keeps SGLang's own wrappers.
 """
 
 from __future__ import annotations
