@@ -526,9 +526,7 @@ def run_round(worker, batch, k: int, gen: torch.Generator, alpha=None, after_dra
                                             profiler.launched if profiler is not None else None, before_draft)
     if after_draft is not None:
         after_draft()
-    exact = getattr(worker, "exact_lengths", None)
-    if exact is not None:  # sync_free: the drafts were launched from a lower bound; the verify plans from exact lengths
-        exact(batch)
+    worker.exact_lengths(batch)  # sync_free: the drafts were launched from a lower bound; the verify plans from exact lengths
     out, forward_batch, can_graph = target_verify(worker, batch, chain_verify_input(worker, batch, draft_tokens, k), k)
     logits_output = out.logits_output
     logits = logits_output.next_token_logits.view(len(seq_lens), k + 1, -1)    # [B, K+1, V]
