@@ -75,6 +75,33 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {
   return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
 }
 
+// One 64-k chunk of one 16-row tile against NT x fragments: four MMAs per 8 tokens into fresh fp32
+// registers, scaled by the rows' group scales, added to acc. w: the lane's packed word quad; sz0 / sz1: the
+// (scale, 128 + zero) pairs of rows g and g + 8; b[j]: x[token g + 8j][16t .. 16t + 15] of the chunk.
+template <int NT>
+__device__ __forceinline__ void tile_chunk(float (&acc)[NT][4], const uint4& w, uint32_t sz0, uint32_t sz1,
+                                           const uint4 (&b)[NT][2]) {
+  const uint32_t z0 = (sz0 & 0xFFFF0000u) | (sz0 >> 16), z1 = (sz1 & 0xFFFF0000u) | (sz1 >> 16);
+  float d[NT][4] = {};
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const uint32_t word = word_of(w, s);
+    const uint32_t a0 = code_pair(word, 0, z0), a1 = code_pair(word, 1, z1);
+    const uint32_t a2 = code_pair(word, 2, z0), a3 = code_pair(word, 3, z1);
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+      mma_bf16(d[j], a0, a1, a2, a3, word_of(b[j][s >> 1], (2 * s) & 3), word_of(b[j][s >> 1], (2 * s + 1) & 3));
+  }
+  const float s0 = __uint_as_float(sz0 << 16), s1 = __uint_as_float(sz1 << 16);
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    acc[j][0] += d[j][0] * s0;
+    acc[j][1] += d[j][1] * s0;
+    acc[j][2] += d[j][2] * s1;
+    acc[j][3] += d[j][3] * s1;
+  }
+}
+
 template <int NT, int WARPS, int UNROLL, int TILES>
 __global__ void __launch_bounds__(32 * WARPS)
     w4a16_gemm(const __nv_bfloat16* __restrict__ x, const uint4* __restrict__ qweight,
@@ -119,29 +146,7 @@ __global__ void __launch_bounds__(32 * WARPS)
           b[j][1] = live ? __ldg(xg[j] + 8 * c + 1) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int i = 0; i < TILES; ++i) {
-          const uint32_t z0 = (sz0[u][i] & 0xFFFF0000u) | (sz0[u][i] >> 16);
-          const uint32_t z1 = (sz1[u][i] & 0xFFFF0000u) | (sz1[u][i] >> 16);
-          float d[NT][4] = {};
-#pragma unroll
-          for (int s = 0; s < 4; ++s) {
-            const uint32_t word = word_of(w[u][i], s);
-            const uint32_t a0 = code_pair(word, 0, z0), a1 = code_pair(word, 1, z1);
-            const uint32_t a2 = code_pair(word, 2, z0), a3 = code_pair(word, 3, z1);
-#pragma unroll
-            for (int j = 0; j < NT; ++j)
-              mma_bf16(d[j], a0, a1, a2, a3, word_of(b[j][s >> 1], (2 * s) & 3),
-                       word_of(b[j][s >> 1], (2 * s + 1) & 3));
-          }
-          const float s0 = __uint_as_float(sz0[u][i] << 16), s1 = __uint_as_float(sz1[u][i] << 16);
-#pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            acc[i][j][0] += d[j][0] * s0;
-            acc[i][j][1] += d[j][1] * s0;
-            acc[i][j][2] += d[j][2] * s1;
-            acc[i][j][3] += d[j][3] * s1;
-          }
-        }
+        for (int i = 0; i < TILES; ++i) tile_chunk<NT>(acc[i], w[u][i], sz0[u][i], sz1[u][i], b);
       }
     }
 #pragma unroll
