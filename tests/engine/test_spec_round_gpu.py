@@ -79,6 +79,15 @@ def test_greedy_equals_plain_greedy(peaked_model_path):
     sampling = {"max_new_tokens": 48, "temperature": 0.0, "ignore_eos": True}
     plain = generate(peaked_model_path, PROMPTS, sampling, return_logprob=True, top_logprobs_num=2)
     ours = generate(peaked_model_path, PROMPTS, sampling, spec_k=KMAX)
+    compared = first_split(plain, ours)
+    print(f"greedy: {tokens_per_round(ours):.2f} tokens per round at K={KMAX}; {compared} tokens compared")
+    assert compared >= len(PROMPTS) * sampling["max_new_tokens"] // 2, "too few tokens compared before ties"
+    assert all(o["meta_info"]["spec_verify_ct"] > 0 for o in ours), "no speculative rounds ran"
+
+
+def first_split(plain, ours) -> int:
+    """Tokens compared before the first difference, summed over requests; a difference must be at a tie of
+    plain decoding's top-2 log-probs (TIE_NATS). ``plain`` needs return_logprob with top_logprobs_num=2."""
     compared = 0
     for i, (p, o) in enumerate(zip(plain, ours)):
         want, got = p["output_ids"], o["output_ids"]
@@ -91,9 +100,27 @@ def test_greedy_equals_plain_greedy(peaked_model_path):
                 f"prompt {i}: first difference at token {first}: plain {want[first:first + 4]}, ours "
                 f"{got[first:first + 4]}; plain's top-2 gap there is {gap:.4f} nats (not a tie)")
             print(f"prompt {i}: split at a tie at token {first} (gap {gap:.4f} nats)")
-    print(f"greedy: {tokens_per_round(ours):.2f} tokens per round at K={KMAX}; {compared} tokens compared")
-    assert compared >= len(PROMPTS) * sampling["max_new_tokens"] // 2, "too few tokens compared before ties"
+    return compared
+
+
+def test_retraction_during_sync_free_rounds_keeps_greedy_output(peaked_model_path):
+    """Requests retracted mid-decode while windowed batches resolve sync-free (their host lengths stale by a
+    round): SGLang's test retraction (SGLANG_TEST_RETRACT, retract_decode every 5th forward) frees a request's
+    KV and re-prefills it later. Every request must still finish all its tokens with plain greedy's output (up
+    to ties), retractions must have happened, and speculative rounds must have run."""
+    prompts = [(p * 30)[:80] for p in PROMPTS] * 2  # 80 > 4 sinks + 64: sync-free from the first decode batch
+    sampling = {"max_new_tokens": 64, "temperature": 0.0, "ignore_eos": True}
+    plain = generate(peaked_model_path, prompts, sampling, return_logprob=True, top_logprobs_num=2)
+    with environ(SGLANG_TEST_RETRACT="1", SGLANG_TEST_RETRACT_INTERVAL="5"):
+        ours = generate(peaked_model_path, prompts, sampling, spec_k=KMAX, window=64)
+    retractions = sum(o["meta_info"].get("num_retractions", 0) for o in ours)
+    print(f"retractions {retractions}; {tokens_per_round(ours):.2f} tokens per round at K={KMAX}")
+    assert retractions > 0, "no request was retracted; the test did not exercise retraction"
+    assert [len(o["output_ids"]) for o in ours] == [sampling["max_new_tokens"]] * len(prompts)
     assert all(o["meta_info"]["spec_verify_ct"] > 0 for o in ours), "no speculative rounds ran"
+    compared = first_split(plain, ours)
+    print(f"{compared} tokens compared before ties")
+    assert compared >= len(prompts) * sampling["max_new_tokens"] // 2, "too few tokens compared before ties"
 
 
 @pytest.mark.parametrize("alpha", [0.9])
