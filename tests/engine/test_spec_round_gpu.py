@@ -4,7 +4,8 @@ Each test launches its own engines (plain SGLang vs er_verl with ``ER_VERL_SPEC_
 (a) greedy output equals plain greedy token for token; (b) with ``ER_VERL_FORCE_ACCEPT=0.9`` the mean
 tokens per round is E(K) = (1 − α^(K+1)) / (1 − α); (c) on a model with peaked logits (embeddings,
 tied to the lm_head, scaled up) the sampled next-token distribution equals plain decoding's
-(two-sample chi-square). The first engine boot on a fresh host JIT-compiles kernels (minutes).
+(two-sample chi-square); (d) windowed sync-free rounds keep (c), and greedy output survives SGLang's test
+retraction during them. The first engine boot on a fresh host JIT-compiles kernels (minutes).
 """
 
 import os
