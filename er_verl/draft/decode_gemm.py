@@ -22,6 +22,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import torch
@@ -115,22 +116,28 @@ def _nvcc() -> str:
     raise RuntimeError(f"nvcc was not found in {cuda_home}/bin or on PATH; the drafter's GEMM needs it once.")
 
 
+def compiled(source: Path = _SOURCE) -> Path:
+    """The shared library built from ``source`` (compiled once per source version; ~10 s)."""
+    tag = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("ER_VERL_CACHE", Path.home() / ".cache" / "er_verl"))
+    so = cache / f"{source.stem}_{tag}.so"
+    if not so.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = so.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        cmd = [_nvcc(), "-O3", "-arch=sm_90a", "-shared", "-Xcompiler", "-fPIC", "-o", str(tmp), str(source)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"nvcc failed on {source}:\n{done.stderr[-2000:]}")
+        os.replace(tmp, so)
+    return so
+
+
 def library() -> ctypes.CDLL:
-    """The compiled kernel library (compiled once per source version; ~10 s)."""
+    """The compiled kernel library, loaded once."""
     global _lib
     if _lib is not None:
         return _lib
-    tag = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("ER_VERL_CACHE", Path.home() / ".cache" / "er_verl"))
-    so = cache / f"w4a16_decode_gemm_{tag}.so"
-    if not so.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = so.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [_nvcc(), "-O3", "-arch=sm_90a", "-shared", "-Xcompiler", "-fPIC", "-o", str(tmp), str(_SOURCE)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"nvcc failed on {_SOURCE}:\n{done.stderr[-2000:]}")
-        os.replace(tmp, so)
+    so = compiled(_SOURCE)
     lib = ctypes.CDLL(str(so))
     lib.er_w4a16_gemm.restype = ctypes.c_int
     lib.er_w4a16_gemm.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6 + [ctypes.c_void_p]

@@ -4,8 +4,9 @@ Each test launches its own engines (plain SGLang vs er_verl with ``ER_VERL_SPEC_
 (a) greedy output equals plain greedy token for token; (b) with ``ER_VERL_FORCE_ACCEPT=0.9`` the mean
 tokens per round is E(K) = (1 − α^(K+1)) / (1 − α); (c) on a model with peaked logits (embeddings,
 tied to the lm_head, scaled up) the sampled next-token distribution equals plain decoding's
-(two-sample chi-square); (d) windowed sync-free rounds keep (c), and greedy output survives SGLang's test
-retraction during them. The first engine boot on a fresh host JIT-compiles kernels (minutes).
+(two-sample chi-square); (d) windowed sync-free rounds keep (c), and greedy output survives retraction during
+them (SGLang's test hook and a real KV-pool shortage) and a round that fails there. The first engine boot on a
+fresh host JIT-compiles kernels (minutes).
 """
 
 import os
@@ -104,24 +105,66 @@ def first_split(plain, ours) -> int:
     return compared
 
 
+def finished_as_plain_greedy(plain, ours, new_tokens: int) -> None:
+    """Every request of ``ours`` made all ``new_tokens``, and plain greedy's tokens up to ties (``first_split``),
+    with at least half of all tokens compared before the first tie."""
+    assert [len(o["output_ids"]) for o in ours] == [new_tokens] * len(plain)
+    compared = first_split(plain, ours)
+    print(f"{compared} tokens compared before ties")
+    assert compared >= len(plain) * new_tokens // 2, "too few tokens compared before ties"
+
+
+WINDOWED_PROMPTS = [(p * 30)[:80] for p in PROMPTS] * 2  # 80 > 4 sinks + 64: sync-free from the first decode batch
+GREEDY_64 = {"max_new_tokens": 64, "temperature": 0.0, "ignore_eos": True}
+
+
+def plain_and_sync_free(path, prompts, env: dict, engine_kw=None):
+    """Greedy outputs (GREEDY_64) of plain SGLang and of er_verl with windowed sync-free rounds (window 64,
+    K=KMAX) launched under ``env``, and the retractions er_verl's requests report."""
+    plain = generate(path, prompts, GREEDY_64, return_logprob=True, top_logprobs_num=2)
+    with environ(**env):
+        ours = generate(path, prompts, GREEDY_64, spec_k=KMAX, window=64, engine_kw=engine_kw)
+    retractions = sum(o["meta_info"].get("num_retractions", 0) for o in ours)
+    rounds = sum(o["meta_info"]["spec_verify_ct"] for o in ours)
+    print(f"retractions {retractions}; verify passes {rounds}; {tokens_per_round(ours):.2f} tokens per round")
+    return plain, ours, retractions
+
+
 def test_retraction_during_sync_free_rounds_keeps_greedy_output(peaked_model_path):
     """Requests retracted mid-decode while windowed batches resolve sync-free (their host lengths stale by a
     round): SGLang's test retraction (SGLANG_TEST_RETRACT, retract_decode every 5th forward) frees a request's
     KV and re-prefills it later. Every request must still finish all its tokens with plain greedy's output (up
     to ties), retractions must have happened, and speculative rounds must have run."""
-    prompts = [(p * 30)[:80] for p in PROMPTS] * 2  # 80 > 4 sinks + 64: sync-free from the first decode batch
-    sampling = {"max_new_tokens": 64, "temperature": 0.0, "ignore_eos": True}
-    plain = generate(peaked_model_path, prompts, sampling, return_logprob=True, top_logprobs_num=2)
-    with environ(SGLANG_TEST_RETRACT="1", SGLANG_TEST_RETRACT_INTERVAL="5"):
-        ours = generate(peaked_model_path, prompts, sampling, spec_k=KMAX, window=64)
-    retractions = sum(o["meta_info"].get("num_retractions", 0) for o in ours)
-    print(f"retractions {retractions}; {tokens_per_round(ours):.2f} tokens per round at K={KMAX}")
+    plain, ours, retractions = plain_and_sync_free(
+        peaked_model_path, WINDOWED_PROMPTS, {"SGLANG_TEST_RETRACT": "1", "SGLANG_TEST_RETRACT_INTERVAL": "5"})
     assert retractions > 0, "no request was retracted; the test did not exercise retraction"
-    assert [len(o["output_ids"]) for o in ours] == [sampling["max_new_tokens"]] * len(prompts)
     assert all(o["meta_info"]["spec_verify_ct"] > 0 for o in ours), "no speculative rounds ran"
-    compared = first_split(plain, ours)
-    print(f"{compared} tokens compared before ties")
-    assert compared >= len(prompts) * sampling["max_new_tokens"] // 2, "too few tokens compared before ties"
+    finished_as_plain_greedy(plain, ours, GREEDY_64["max_new_tokens"])
+
+
+def test_retraction_under_real_kv_pressure_keeps_greedy_output(peaked_model_path):
+    """A KV pool too small for the batch (max_total_tokens 800 for 16 distinct prompts of 80 tokens, each to make
+    64 more, admitted on a 5% new-token estimate): SGLang's own memory check fails mid-decode and retracts
+    requests while windowed batches resolve sync-free, with K+1 slots per request reserved for each round. Every
+    request must finish with plain greedy's output (plain SGLang with an ample pool; up to ties), after real
+    retractions. (Distinct prompts: 8 requests of 4 repeated prompts did not run out of 800 slots on the H200,
+    probably because repeated prompts share their prefix in the radix cache.)"""
+    prompts = [[t + shift for t in (p * 30)[:80]] for shift in range(4) for p in PROMPTS]
+    plain, ours, retractions = plain_and_sync_free(peaked_model_path, prompts, {"SGLANG_INIT_NEW_TOKEN_RATIO": "0.05"},
+                                                   engine_kw={"max_total_tokens": 800})
+    assert retractions > 0, "the pool did not run out; the test did not exercise retraction"
+    assert any(o["meta_info"]["spec_verify_ct"] > 0 for o in ours), "no speculative rounds ran"
+    finished_as_plain_greedy(plain, ours, GREEDY_64["max_new_tokens"])
+
+
+def test_failed_sync_free_round_falls_back_to_plain_greedy_output(peaked_model_path):
+    """ER_VERL_FAULT makes the 4th speculative round raise while windowed batches resolve sync-free, so that
+    round's batch still holds lower-bound host lengths: the plain step that replaces it must plan from the exact
+    lengths (``exact_lengths`` on the failure path). Decoding goes on plainly; every request finishes with plain
+    greedy's output (up to ties), and the rounds before the fault ran."""
+    plain, ours, _ = plain_and_sync_free(peaked_model_path, WINDOWED_PROMPTS, {"ER_VERL_FAULT": "round@4"})
+    assert sum(o["meta_info"].get("spec_num_correct_drafts", 0) or 0 for o in ours) > 0, "no round before the fault"
+    finished_as_plain_greedy(plain, ours, GREEDY_64["max_new_tokens"])
 
 
 @pytest.mark.parametrize("alpha", [0.9])
