@@ -124,7 +124,9 @@ def compiled(source: Path = _SOURCE) -> Path:
     if not so.exists():
         cache.mkdir(parents=True, exist_ok=True)
         tmp = so.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        cmd = [_nvcc(), "-O3", "-arch=sm_90a", "-shared", "-Xcompiler", "-fPIC", "-o", str(tmp), str(source)]
+        # sm_90a SASS only: nvcc 13.0 given -arch=sm_90a also built compute_90 PTX, where wgmma is an error
+        arch = "-gencode=arch=compute_90a,code=sm_90a"
+        cmd = [_nvcc(), "-O3", arch, "-shared", "-Xcompiler", "-fPIC", "-o", str(tmp), str(source)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"nvcc failed on {source}:\n{done.stderr[-2000:]}")
