@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional
 CONFIG_PREFIX = "actor_rollout_ref.rollout.custom.efficient"
 DRAFTERS = ("int4", "fp8")
 GATE_MODES = ("auto", "always", "never")
+DRAFT_ATTENTIONS = ("flashinfer", "triton")
 MIN_DRAFT_KV_WINDOW, MAX_DRAFT_KV_WINDOW = 64, 1 << 20  # EfficientConfig.draft_kv_window when not 0
 
 
@@ -62,6 +63,12 @@ class EfficientConfig:
     and its last W (``engine/draft_window.py``); the verify pass still reads everything, so outputs keep the
     target's distribution, but acceptance may drop. For long contexts, where a draft step's attention reads
     as much KV as a target step. Its effect on real acceptance is not measured yet."""
+
+    draft_attention: str = "flashinfer"
+    """SGLang attention backend of the draft steps (the verify pass always uses FlashInfer). ``triton`` plans
+    its decode split on the GPU, so a full-context round can launch its drafts before the previous round's
+    new lengths reach the host (``engine/sync_free.py``); ``flashinfer`` needs those lengths, unless a
+    ``draft_kv_window`` fixes them. ``triton`` cannot be combined with ``draft_kv_window``."""
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -108,6 +115,11 @@ def _check_ranges(cfg: EfficientConfig) -> None:
     if cfg.draft_kv_window != 0 and not MIN_DRAFT_KV_WINDOW <= cfg.draft_kv_window <= MAX_DRAFT_KV_WINDOW:
         raise _bad("draft_kv_window", cfg.draft_kv_window,
                    f"0 (the whole context) or an integer from {MIN_DRAFT_KV_WINDOW} to {MAX_DRAFT_KV_WINDOW}")
+    if cfg.draft_attention not in DRAFT_ATTENTIONS:
+        raise _bad("draft_attention", cfg.draft_attention, f"one of {list(DRAFT_ATTENTIONS)}")
+    if cfg.draft_attention == "triton" and cfg.draft_kv_window != 0:
+        raise _bad("draft_attention", cfg.draft_attention,
+                   f"'flashinfer' while draft_kv_window={cfg.draft_kv_window} (the window wraps FlashInfer's planner)")
     if cfg.calibration_path is not None and not os.path.isfile(cfg.calibration_path):
         raise _bad("calibration_path", cfg.calibration_path, "null or the path of an existing JSON file")
 

@@ -56,11 +56,19 @@ def test_valid_values_round_trip(tmp_path):
         ("draft_kv_window", 63, "0 \\(the whole context\\) or an integer from 64"),
         ("draft_kv_window", -1, "from 64 to 1048576"),
         ("draft_kv_window", 512.0, "type int"),
+        ("draft_attention", "fa3", "one of \\['flashinfer', 'triton'\\]"),
     ],
 )
 def test_each_wrong_value_names_key_value_and_allowed(key, value, allowed):
     with pytest.raises(ValueError, match="^" + re.escape(f"{KEY}.{key}={value!r} is invalid") + ".*" + allowed):
         parse_efficient_config({key: value})
+
+
+def test_triton_drafts_refuse_a_draft_window():
+    assert parse_efficient_config({"draft_attention": "triton"}).draft_attention == "triton"
+    with pytest.raises(ValueError, match=re.escape(f"{KEY}.draft_attention='triton' is invalid: allowed is "
+                                                   "'flashinfer' while draft_kv_window=512")):
+        parse_efficient_config({"draft_attention": "triton", "draft_kv_window": 512})
 
 
 def test_unknown_key_lists_allowed_keys():

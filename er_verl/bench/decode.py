@@ -95,7 +95,8 @@ def engine_launch(kind: str, args, model_path: str):
     from er_verl.config import EfficientConfig
     from er_verl.engine.server_args import self_draft_env, self_draft_server_args
 
-    cfg = EfficientConfig(max_draft_len=kmax, draft_kv_window=args.draft_kv_window)
+    cfg = EfficientConfig(max_draft_len=kmax, draft_kv_window=args.draft_kv_window,
+                          draft_attention=args.draft_attention)
     ours = self_draft_server_args(cfg, model_path, max(args.bs))
     ours["cuda_graph_bs_decode"] = [b for b in sorted(args.bs) if b <= spec_graph_bs_cap(kmax)]
     default_alpha = args.alpha[0] if args.alpha else 1.0
@@ -312,6 +313,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--draft-kv-window", type=int, default=0,
                    help="ours: EfficientConfig.draft_kv_window (0: draft steps attend to the whole context)")
+    p.add_argument("--draft-attention", default="flashinfer",
+                   help="ours: EfficientConfig.draft_attention (flashinfer or triton: the draft steps' backend)")
     p.add_argument("--mem-fraction", type=float, default=0.6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine-args", default="{}", help="JSON of extra sglang.Engine kwargs for every engine (variants)")
@@ -345,9 +348,9 @@ def normalize(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.
     try:
         from er_verl.config import parse_efficient_config
 
-        parse_efficient_config({"draft_kv_window": args.draft_kv_window})
+        parse_efficient_config({"draft_kv_window": args.draft_kv_window, "draft_attention": args.draft_attention})
     except ValueError as exc:
-        p.error(f"--draft-kv-window {args.draft_kv_window}: {exc}")
+        p.error(f"--draft-kv-window {args.draft_kv_window} / --draft-attention {args.draft_attention}: {exc}")
     if any(not 0.0 <= a <= 1.0 for a in args.alpha + [args.stock_alpha]):
         p.error(f"--alpha {args.alpha} / --stock-alpha {args.stock_alpha}: probabilities must be in [0, 1]")
     try:

@@ -115,7 +115,7 @@ def engine_launch(mode: str, args, model_path: str, timeline: str):
     if mode == "plain":  # SGLang untouched but for the timeline hook (plugin.register)
         return common, {**off, "ER_VERL_TIMELINE": timeline}
     cfg = EfficientConfig(max_draft_len=args.kmax, gate="auto", bandit=mode == "bandit", seed=args.seed,
-                          draft_kv_window=args.draft_kv_window)
+                          draft_kv_window=args.draft_kv_window, draft_attention=args.draft_attention)
     ours = self_draft_server_args(cfg, model_path, requests)
     ours["attention_backend"] = args.ours_attention
     # The efficient_sglang server's default graph sizes: drafter / verify graphs within FlashInfer's workspace,
@@ -274,6 +274,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "took ~210 ms per step at bs 400-512 and did not finish")
     p.add_argument("--draft-kv-window", type=int, default=0,
                    help="gate/bandit modes: EfficientConfig.draft_kv_window (0: drafts attend to the whole context)")
+    p.add_argument("--draft-attention", default="flashinfer",
+                   help="gate/bandit modes: EfficientConfig.draft_attention (flashinfer or triton)")
     p.add_argument("--alpha-range", default="0.5,0.95", metavar="LO,HI",
                    help="each group's forced acceptance is drawn from U(LO, HI) (0 <= LO <= HI < 1); the default is "
                         "a wide mix, the paper's W4 self-drafters accept ~0.94 (~0.85-0.98)")
@@ -298,9 +300,9 @@ def execute(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
     try:  # the config's own check (one place for the allowed range)
-        parse_efficient_config({"draft_kv_window": args.draft_kv_window})
+        parse_efficient_config({"draft_kv_window": args.draft_kv_window, "draft_attention": args.draft_attention})
     except ValueError as exc:
-        p.error(f"--draft-kv-window {args.draft_kv_window}: {exc}")
+        p.error(f"--draft-kv-window {args.draft_kv_window} / --draft-attention {args.draft_attention}: {exc}")
     alphas = parse_alpha_range(args.alpha_range)
     if alphas is None:
         p.error(f"--alpha-range {args.alpha_range!r}: must be LO,HI with 0 <= LO <= HI < 1")
@@ -321,6 +323,7 @@ def execute(p: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str
         report["rows"][-1]["alpha_range"] = list(alphas)
         if mode in ("gate", "bandit"):
             report["rows"][-1]["draft_kv_window"] = args.draft_kv_window
+            report["rows"][-1]["draft_attention"] = args.draft_attention
         report["summary"] = summarize(report["rows"])
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

@@ -17,6 +17,8 @@ What each setting does, and why (sglang-0.5.14-seams.md):
 * ``enable_draft_weights_cpu_backup=False``: the drafter's buffers are requantized after a resume,
   never restored from a CPU copy (pitfall 3).
 * ``attention_backend="flashinfer"``: the backend the verify and shared-KV draft path are built on.
+  ``EfficientConfig.draft_attention="triton"`` sets ``speculative_draft_attention_backend`` so that only the
+  draft runner uses SGLang's triton decode attention (its split is planned on the GPU: ``sync_free``).
 * ``max_running_requests``: SGLang resets it to 48 for STANDALONE when unset; pass the rollout's own.
 
 Environment (:func:`self_draft_env`): a 2 GiB FlashInfer workspace (the stock size overflowed when
@@ -122,6 +124,8 @@ def self_draft_server_args(
         "enable_draft_weights_cpu_backup": False,
         "attention_backend": "flashinfer",
     }
+    if cfg.draft_attention != "flashinfer":
+        args["speculative_draft_attention_backend"] = cfg.draft_attention
     if max_running_requests is not None:
         args["max_running_requests"] = max_running_requests
     return args

@@ -1,4 +1,4 @@
-"""Speculative rounds whose host preparation overlaps the previous round (FlashInfer + ``draft_kv_window``).
+"""Speculative rounds whose host preparation overlaps the previous round (``draft_kv_window``, or triton drafts).
 
 Why (H200, 8B, bs 31, 3.5k-token contexts, K=1, torch.profiler; ``results/logs/issue5_sync_free_2026-11-26/``):
 SGLang's overlap scheduler plans FlashInfer from host-side lengths. A K>0 round's new lengths depend on its
@@ -16,6 +16,10 @@ bound: lengths only grow), and queues a copy of the new lengths to pinned host m
 round launches its draft steps from the lower bound, then waits for that copy (by then the GPU is busy drafting)
 and plans its verify pass from the exact lengths as before. Both plans therefore equal the synchronous path's, and
 the sampled tokens have the same distribution.
+
+Full-context drafts (no window) take the same path when the draft runner's attention backend is SGLang's triton
+backend (``EfficientConfig.draft_attention="triton"``): its CUDA-graph replay builds the KV indices and the
+decode split from the device lengths and never reads ``seq_lens_cpu`` (``needs_cpu_seq_lens`` False).
 
 Only batches that run a K>0 round replayed in CUDA graphs take this path (an eager step would size its index buffer
 from ``seq_lens_sum``, here a lower bound), so the worker decides K at resolve time (:func:`eligible`) and the
@@ -43,12 +47,16 @@ def enabled(environ=None) -> bool:
     return raw == "1"
 
 
-def eligible(prev_lens_cpu, window: int, bs: int, graph_max_bs: int) -> bool:
-    """A decode batch's round can be prepared from stale host lengths: the draft window is on, the round replays
-    CUDA graphs (bs <= ``graph_max_bs``), and every request's last known length already fills the window."""
-    if window <= 0 or prev_lens_cpu is None or bs == 0 or bs > graph_max_bs or len(prev_lens_cpu) != bs:
+def eligible(prev_lens_cpu, window: int, bs: int, graph_max_bs: int, gpu_planned: bool = False) -> bool:
+    """A decode batch's round can be prepared from stale host lengths: the round replays CUDA graphs
+    (bs <= ``graph_max_bs``), and its draft steps' attention needs no host lengths, either because the draft
+    backend plans on the GPU (``gpu_planned``: SGLang's triton backend, ``needs_cpu_seq_lens`` False) or
+    because the draft window is on and every request's last known length already fills it."""
+    if prev_lens_cpu is None or bs == 0 or bs > graph_max_bs or len(prev_lens_cpu) != bs:
         return False
-    return int(prev_lens_cpu.min()) >= SINKS + window
+    if gpu_planned:
+        return True
+    return window > 0 and int(prev_lens_cpu.min()) >= SINKS + window
 
 
 class LengthFetch:

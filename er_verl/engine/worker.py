@@ -60,6 +60,21 @@ def control_config(environ=os.environ):
     return config_from_json(raw) if raw else None
 
 
+def target_attention_backend(runner):
+    """A new attention backend of the target's kind on the draft ``runner`` (for the K=0 graphs): SGLang gives a
+    draft runner ``speculative_draft_attention_backend`` when it is set (``draft_attention="triton"``), so it is
+    cleared for this call, and the runner's recorded backend names are kept."""
+    args = runner.server_args
+    saved = (args.speculative_draft_attention_backend, getattr(runner, "prefill_attention_backend_str", None),
+             getattr(runner, "decode_attention_backend_str", None))
+    args.speculative_draft_attention_backend = None
+    try:
+        return runner._get_attention_backend(init_new_workspace=True)
+    finally:
+        args.speculative_draft_attention_backend = saved[0]
+        runner.prefill_attention_backend_str, runner.decode_attention_backend_str = saved[1:]
+
+
 class SelfDraftWorker(_sw2.StandaloneDraftWorker):
     """StandaloneDraftWorker whose model is the target's self-drafter (``self.drafter``)."""
 
@@ -152,7 +167,7 @@ class SelfDraftWorker(_sw2.StandaloneDraftWorker):
                 runner.model = self.target_worker.model_runner.model
                 try:
                     with oom_in_capture(faults, runner.model):
-                        backend = runner._get_attention_backend(init_new_workspace=True)
+                        backend = target_attention_backend(runner)
                         with spec_round.decode_graph_bs(runner.server_args, spec_round.plain_graph_max_bs()):
                             self.target_graphs = DecodeCudaGraphRunner(runner, attn_backend=backend)
                 except Exception as exc:  # noqa: BLE001
@@ -311,7 +326,9 @@ class SelfSpecWorkerV2(SelfSpecMixin, _sw2.StandaloneWorkerV2):
         follows takes that decision (:meth:`decided_k`) instead of asking the controller again."""
         self.presync, self.pending_lengths = None, None
         window = getattr(self._draft_worker, "draft_kv_window", 0)
-        fits = sync_free.eligible(batch.seq_lens_cpu, window, len(batch.reqs), getattr(self, "spec_graph_max_bs", 0))
+        draft_backend = getattr(getattr(self._draft_worker, "draft_runner", None), "attn_backend", None)
+        fits = sync_free.eligible(batch.seq_lens_cpu, window, len(batch.reqs), getattr(self, "spec_graph_max_bs", 0),
+                                  gpu_planned=not getattr(draft_backend, "needs_cpu_seq_lens", True))
         if not fits or not batch.forward_mode.is_decode() or self.drafter.is_dirty \
                 or getattr(batch.spec_info, "bonus_tokens", None) is None:
             return 0

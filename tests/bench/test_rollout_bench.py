@@ -44,8 +44,10 @@ def test_bad_arguments_name_what_is_allowed(capsys):
                         (["--alpha-range", "0.9,0.8"], "must be LO,HI with 0 <= LO <= HI < 1"),
                         (["--alpha-range", "0.9"], "--alpha-range '0.9'"),
                         (["--alpha-range", "0.5,1.0"], "0 <= LO <= HI < 1"),
-                        (["--draft-kv-window", "32"], "--draft-kv-window 32: actor_rollout_ref.rollout.custom."
-                                                      "efficient.draft_kv_window=32 is invalid")):
+                        (["--draft-kv-window", "32"], "--draft-kv-window 32 / --draft-attention flashinfer: "
+                                                      "actor_rollout_ref.rollout.custom.efficient.draft_kv_window=32 "
+                                                      "is invalid"),
+                        (["--draft-attention", "fa3"], "efficient.draft_attention='fa3' is invalid: allowed is one of")):
         with pytest.raises(SystemExit) as exc:
             rollout.main(argv)
         assert exc.value.code == 2 and words in capsys.readouterr().err

@@ -42,6 +42,12 @@ def test_fp8_drafter_and_max_running_requests(tmp_path):
     assert args["max_running_requests"] == 256
 
 
+def test_triton_drafts_set_only_the_draft_runners_backend(tmp_path):
+    args = self_draft_server_args(EfficientConfig(draft_attention="triton"), model_dir(tmp_path))
+    assert args["speculative_draft_attention_backend"] == "triton"
+    assert args["attention_backend"] == "flashinfer"  # the target (verify, K=0) keeps FlashInfer
+
+
 def test_unsupported_architecture_is_refused_with_a_sentence(tmp_path):
     with pytest.raises(ValueError, match=r"does not support Qwen3MoeForCausalLM .*efficient.speculate=False"):
         self_draft_server_args(EfficientConfig(), model_dir(tmp_path, "Qwen3MoeForCausalLM"))

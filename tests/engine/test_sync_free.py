@@ -20,6 +20,14 @@ def test_eligible_needs_the_window_graphs_and_lengths_past_the_window():
     assert not sync_free.eligible(long, 512, 3, 64)                     # lengths of another batch
 
 
+def test_eligible_without_a_window_when_the_draft_backend_plans_on_the_gpu():
+    short = torch.tensor([3, 40])
+    assert sync_free.eligible(short, 0, 2, 64, gpu_planned=True)        # triton drafts: any length
+    assert not sync_free.eligible(short, 0, 2, 64)
+    assert not sync_free.eligible(short, 0, 2, 1, gpu_planned=True)     # past the graphs: eager steps
+    assert not sync_free.eligible(None, 0, 2, 64, gpu_planned=True)
+
+
 def test_enabled_parses_with_a_sentence():
     assert sync_free.enabled({}) and not sync_free.enabled({"ER_VERL_SYNC_FREE": "0"})
     with pytest.raises(ValueError, match="ER_VERL_SYNC_FREE='yes'"):
@@ -92,11 +100,13 @@ def test_the_decode_call_takes_the_resolve_times_k_once_and_only_for_that_batch(
     assert me.decided_k(batch) == 1 and me.asked == 2 and me.presync is None
 
 
-def test_the_worker_decides_k_at_resolve_only_for_windowed_decode_batches_past_the_window():
+def test_the_worker_decides_k_at_resolve_only_for_gpu_planned_or_windowed_decode_batches_past_the_window():
     from er_verl.engine.worker import SelfSpecWorkerV2
 
-    def worker(window=512, dirty=False):
-        me = types.SimpleNamespace(_draft_worker=types.SimpleNamespace(draft_kv_window=window), spec_graph_max_bs=64,
+    def worker(window=512, dirty=False, gpu_planned=False):
+        runner = types.SimpleNamespace(attn_backend=types.SimpleNamespace(needs_cpu_seq_lens=not gpu_planned))
+        me = types.SimpleNamespace(_draft_worker=types.SimpleNamespace(draft_kv_window=window, draft_runner=runner),
+                                   spec_graph_max_bs=64,
                                    drafter=types.SimpleNamespace(is_dirty=dirty), presync=None, pending_lengths=None)
         me.round_k = lambda b: 2
         return me
@@ -107,6 +117,8 @@ def test_the_worker_decides_k_at_resolve_only_for_windowed_decode_batches_past_t
                                      spec_info=types.SimpleNamespace(bonus_tokens=torch.ones(1) if bonus else None))
 
     me, b = worker(), batch([900, 2000])
+    assert SelfSpecWorkerV2.presync_k(me, b) == 2 and me.presync == (b, 2)
+    me, b = worker(window=0, gpu_planned=True), batch([30, 2000])  # triton drafts: full context, any length
     assert SelfSpecWorkerV2.presync_k(me, b) == 2 and me.presync == (b, 2)
     for me, b in ((worker(), batch([300, 2000])), (worker(window=0), batch([900, 2000])),
                   (worker(dirty=True), batch([900, 2000])), (worker(), batch([900, 2000], decode=False)),
