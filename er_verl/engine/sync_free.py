@@ -94,8 +94,8 @@ def resolve_around(original, future_map, batch):
         return original(future_map, batch)
     if not ACTIVE.get("announced"):
         ACTIVE["announced"] = True
-        print(f"er_verl[scheduler]: first sync-free resolve (bs {len(batch.seq_lens_cpu)}): windowed rounds are "
-              f"prepared while the previous one runs ({SYNC_FREE_ENV}=0 turns this off)", flush=True)
+        print(f"er_verl[scheduler]: first sync-free resolve (bs {len(batch.seq_lens_cpu)}): rounds whose drafts need "
+              f"no host lengths are prepared while the previous one runs ({SYNC_FREE_ENV}=0 turns this off)", flush=True)
     ready.wait()  # the schedule stream (and the forward stream after it) waits for the publish; the host does not
     batch.seq_lens = future_map.new_seq_lens_buf[fi]
     worker.pending_lengths = LengthFetch(batch.seq_lens)

@@ -124,3 +124,23 @@ def test_the_worker_decides_k_at_resolve_only_for_gpu_planned_or_windowed_decode
                   (worker(dirty=True), batch([900, 2000])), (worker(), batch([900, 2000], decode=False)),
                   (worker(), batch([900, 2000], bonus=False))):
         assert SelfSpecWorkerV2.presync_k(me, b) == 0 and me.presync is None
+
+
+def test_the_k0_graphs_get_the_targets_backend_on_a_triton_draft_runner():
+    """``target_attention_backend`` hides speculative_draft_attention_backend from SGLang's backend choice for the
+    K=0 graphs' backend only: it is restored afterwards, as are the runner's recorded backend names."""
+    from er_verl.engine.worker import target_attention_backend
+
+    args = types.SimpleNamespace(speculative_draft_attention_backend="triton")
+    runner = types.SimpleNamespace(server_args=args, prefill_attention_backend_str="triton",
+                                   decode_attention_backend_str="triton")
+
+    def choose(init_new_workspace):
+        assert init_new_workspace
+        runner.prefill_attention_backend_str = runner.decode_attention_backend_str = "flashinfer"
+        return args.speculative_draft_attention_backend or "flashinfer"
+
+    runner._get_attention_backend = choose
+    assert target_attention_backend(runner) == "flashinfer"
+    assert args.speculative_draft_attention_backend == "triton"
+    assert (runner.prefill_attention_backend_str, runner.decode_attention_backend_str) == ("triton", "triton")
